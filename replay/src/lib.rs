@@ -1,0 +1,1 @@
+//! Inspection and replay.
