@@ -1,1 +1,29 @@
-//! The flowai runtime.
+//! The flowai runtime: the spec model, the run driver with its live, resume and verify
+//! modes, the deterministic interpreters, tools, plans and approvals, live providers
+//! and the event stream. Every step of a run is journaled in a `flowai-storage` store
+//! before the engine acts on it (DESIGN.md §3).
+
+mod driver;
+mod error;
+mod events;
+mod host;
+mod ids;
+mod interpret;
+mod journal;
+mod live;
+mod plans;
+mod runtime;
+
+pub use driver::{Decision, RunEnd};
+pub use error::EngineError;
+pub use events::{Event, Projector};
+pub use host::{
+    CreatedReference, DispatchContext, Host, HostToolCall, HostToolOutcome, NoHost,
+    PredicateContext, ToolCallContext,
+};
+pub use ids::{IdSource, RandomIds, SequentialIds, rfc3339_ms};
+pub use journal::DriveMode;
+pub use plans::{check_dispatch_envelope, check_transition, flatten_body};
+pub use runtime::{
+    CreatedRef, JournalEntry, RunStream, Runtime, RuntimeOptions, journal_entries, replay_events,
+};

@@ -1,0 +1,305 @@
+//! A run's journal as the driver sees it: a cursor over what was recorded, and a
+//! buffer of new records committed at the next side-effect boundary.
+//!
+//! DESIGN.md §3: every decision point first takes the next recorded record, and acts
+//! live only when the cursor is exhausted. New records are buffered and committed in
+//! one append before the next side effect (one fsync per step); their events reach the
+//! consumer only after that commit is durable.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use flowai_storage::payloads::Payload;
+use flowai_storage::{
+    AppendRequest, Clock, IndexUpdate, Precondition, Record, RecordKind, RunAppend, RunId,
+    StoredRecord, Store,
+};
+use tokio::sync::mpsc;
+
+use crate::error::EngineError;
+use crate::events::{Event, Projector};
+
+/// How the driver treats the journal (DESIGN.md §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriveMode {
+    /// A new run: nothing is recorded yet.
+    Live,
+    /// Consume the journal, then continue live.
+    Resume,
+    /// Consume the journal, never act live, stop at its end.
+    Verify,
+}
+
+/// Where a run's events go. A dropped receiver stops delivery, never the run.
+#[derive(Clone)]
+pub(crate) struct EventSink {
+    tx: Option<mpsc::Sender<Event>>,
+}
+
+impl EventSink {
+    pub(crate) fn new(tx: mpsc::Sender<Event>) -> EventSink {
+        EventSink { tx: Some(tx) }
+    }
+
+    pub(crate) fn none() -> EventSink {
+        EventSink { tx: None }
+    }
+
+    pub(crate) async fn send(&mut self, event: Event) {
+        if let Some(tx) = &self.tx {
+            // Back-pressure: a live consumer paces the run. Once it is gone, events are
+            // still in the journal and readable through replay.
+            if tx.send(event).await.is_err() {
+                self.tx = None;
+            }
+        }
+    }
+}
+
+struct Pending {
+    record: Record,
+    /// Leading events of this record already delivered live (streamed provider text).
+    already_emitted: usize,
+}
+
+pub(crate) struct RunJournal {
+    store: Store,
+    run_id: RunId,
+    clock: Arc<dyn Clock>,
+    mode: DriveMode,
+    cursor: VecDeque<StoredRecord>,
+    /// Records at or after this seq were appended by a host while no runtime drove the
+    /// run; their events were never delivered, so resume delivers them.
+    undelivered_from: u64,
+    next_seq: u64,
+    pending: Vec<Pending>,
+    pending_updates: Vec<IndexUpdate>,
+    first_precondition: Option<Precondition>,
+    projector: Projector,
+    sink: EventSink,
+}
+
+/// Whether a record kind can be written by host code or another process.
+pub(crate) fn host_originated(kind: RecordKind, payload: &str) -> bool {
+    match kind {
+        RecordKind::ReferenceCreated => true,
+        RecordKind::ApprovalDecided | RecordKind::RunCancelled => {
+            payload.contains("\"origin\":\"host\"")
+        }
+        _ => false,
+    }
+}
+
+impl RunJournal {
+    pub(crate) fn new_live(
+        store: Store,
+        run_id: RunId,
+        clock: Arc<dyn Clock>,
+        sink: EventSink,
+    ) -> RunJournal {
+        RunJournal {
+            store,
+            run_id,
+            clock,
+            mode: DriveMode::Live,
+            cursor: VecDeque::new(),
+            undelivered_from: u64::MAX,
+            next_seq: 1,
+            pending: Vec::new(),
+            pending_updates: Vec::new(),
+            first_precondition: Some(Precondition::RunAbsent(run_id)),
+            projector: Projector::new(),
+            sink,
+        }
+    }
+
+    pub(crate) fn new_recorded(
+        store: Store,
+        run_id: RunId,
+        clock: Arc<dyn Clock>,
+        mode: DriveMode,
+        recorded: Vec<StoredRecord>,
+        sink: EventSink,
+    ) -> RunJournal {
+        let next_seq = recorded.last().map_or(1, |r| r.seq + 1);
+        let mut undelivered_from = next_seq;
+        for r in recorded.iter().rev() {
+            if host_originated(r.record.kind, &r.record.payload) {
+                undelivered_from = r.seq;
+            } else {
+                break;
+            }
+        }
+        RunJournal {
+            store,
+            run_id,
+            clock,
+            mode,
+            cursor: recorded.into(),
+            undelivered_from: if mode == DriveMode::Resume {
+                undelivered_from
+            } else {
+                u64::MAX
+            },
+            next_seq,
+            pending: Vec::new(),
+            pending_updates: Vec::new(),
+            first_precondition: None,
+            projector: Projector::new(),
+            sink,
+        }
+    }
+
+    pub(crate) fn run_id(&self) -> RunId {
+        self.run_id
+    }
+
+    pub(crate) fn mode(&self) -> DriveMode {
+        self.mode
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The seq the next new record will get.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Whether recorded records remain to be consumed.
+    pub(crate) fn replaying(&self) -> bool {
+        !self.cursor.is_empty()
+    }
+
+    /// The seq of the next recorded record, if any.
+    pub(crate) fn next_recorded_seq(&self) -> u64 {
+        self.cursor.front().map_or(self.next_seq, |r| r.seq)
+    }
+
+    pub(crate) fn peek_kind(&self) -> Option<RecordKind> {
+        self.cursor.front().map(|r| r.record.kind)
+    }
+
+    /// Takes the next recorded record, which must be of kind `P`. `Ok(None)` means the
+    /// journal is exhausted and the caller acts live (Verify stops instead).
+    pub(crate) async fn take<P: Payload>(&mut self) -> Result<Option<(u64, P)>, EngineError> {
+        let Some(front) = self.cursor.front() else {
+            return match self.mode {
+                DriveMode::Verify => Err(EngineError::JournalEnd),
+                DriveMode::Live | DriveMode::Resume => Ok(None),
+            };
+        };
+        if front.record.kind != P::KIND {
+            return Err(EngineError::NonDeterminism {
+                run: self.run_id.to_string(),
+                seq: front.seq,
+                recorded: format!("{} {}", front.record.kind.name(), front.record.payload),
+                actual: format!("a {} record", P::KIND.name()),
+            });
+        }
+        let Some(stored) = self.cursor.pop_front() else {
+            return Ok(None);
+        };
+        let payload: P =
+            serde_json::from_str(&stored.record.payload).map_err(|e| EngineError::CorruptPayload {
+                seq: stored.seq,
+                kind: P::KIND.name(),
+                reason: e.to_string(),
+            })?;
+        let events =
+            self.projector
+                .project(stored.seq, stored.record.kind, &stored.record.payload)?;
+        if stored.seq >= self.undelivered_from {
+            for event in events {
+                self.sink.send(event).await;
+            }
+        }
+        Ok(Some((stored.seq, payload)))
+    }
+
+    /// Buffers a new record; returns its seq. Committed by the next [`flush`].
+    pub(crate) fn push<P: Payload>(
+        &mut self,
+        payload: &P,
+        updates: Vec<IndexUpdate>,
+    ) -> Result<u64, EngineError> {
+        self.push_streamed(payload, updates, 0)
+    }
+
+    /// Like [`push`], for a record whose first `already_emitted` events were delivered
+    /// live before it was recorded.
+    pub(crate) fn push_streamed<P: Payload>(
+        &mut self,
+        payload: &P,
+        updates: Vec<IndexUpdate>,
+        already_emitted: usize,
+    ) -> Result<u64, EngineError> {
+        if self.mode == DriveMode::Verify {
+            return Err(EngineError::JournalEnd);
+        }
+        let text = serde_json::to_string(payload)
+            .map_err(|e| EngineError::Internal(format!("cannot encode {}: {e}", P::KIND.name())))?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.push(Pending {
+            record: Record {
+                kind: P::KIND,
+                version: flowai_storage::payloads::PAYLOAD_VERSION,
+                at_ms: self.clock.now_ms(),
+                payload: text,
+            },
+            already_emitted,
+        });
+        self.pending_updates.extend(updates);
+        Ok(seq)
+    }
+
+    /// Adds index updates to the next commit without a record.
+    pub(crate) fn push_updates(&mut self, updates: Vec<IndexUpdate>) {
+        self.pending_updates.extend(updates);
+    }
+
+    /// Sends an event that has no record yet (live provider deltas, DESIGN.md §3 rule 6).
+    pub(crate) async fn emit_unrecorded(&mut self, event: Event) {
+        self.sink.send(event).await;
+    }
+
+    /// Commits the buffered records in one append, then delivers their events.
+    pub(crate) async fn flush(&mut self) -> Result<(), EngineError> {
+        if self.pending.is_empty() && self.pending_updates.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let updates = std::mem::take(&mut self.pending_updates);
+        let first_seq = self.next_seq - pending.len() as u64;
+        let records: Vec<Record> = pending.iter().map(|p| p.record.clone()).collect();
+        let request = AppendRequest {
+            run: if records.is_empty() {
+                None
+            } else {
+                Some(RunAppend {
+                    run_id: self.run_id,
+                    expected_first_seq: Some(first_seq),
+                    records,
+                })
+            },
+            index_updates: updates,
+            precondition: self.first_precondition.take().unwrap_or(Precondition::None),
+        };
+        tracing::debug!(run_id = %self.run_id, first_seq, records = pending.len(), "journal commit");
+        self.store.append(request).await?;
+        for (offset, p) in pending.into_iter().enumerate() {
+            let seq = first_seq + offset as u64;
+            let events = self.projector.project(seq, p.record.kind, &p.record.payload)?;
+            for event in events.into_iter().skip(p.already_emitted) {
+                self.sink.send(event).await;
+            }
+        }
+        Ok(())
+    }
+}

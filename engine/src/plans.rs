@@ -1,0 +1,703 @@
+//! The plans toolkit (`storePlan`, `getPlan`, `executePlan`), the plan lifecycle and
+//! the action dispatch (API.md §5.2–§5.6).
+//!
+//! Every plan version and transition is a journal record of the run; the store's plan
+//! table is a projection used for live lookups only. On resume and verify, a plan this
+//! run wrote is read back from the run's own records, and `executePlan` is re-entered
+//! through its nested records (it is never re-run whole).
+
+use flowai_storage::payloads;
+use flowai_storage::{IndexUpdate, PlanRow, RecordKind};
+use serde_json::{Map, Value, json};
+
+use crate::driver::{Driver, GateOutcome, Invocation, ToolOutcome, parse_raw, raw};
+use crate::error::EngineError;
+use crate::host::DispatchContext;
+use crate::ids::rfc3339_ms;
+use crate::spec::BuiltinTool;
+
+/// Plan statuses, in lifecycle order.
+pub const PLAN_STATUSES: [&str; 5] = ["draft", "approved", "executing", "executed", "failed"];
+
+/// The plan lifecycle as a transition table: anything not listed is an error.
+const TRANSITIONS: [(&str, &str); 4] = [
+    ("draft", "approved"),
+    ("approved", "executing"),
+    ("executing", "executed"),
+    ("executing", "failed"),
+];
+
+/// Checks a plan transition against the table (API.md §5.4 messages).
+pub fn check_transition(from: &str, to: &str) -> Result<(), String> {
+    if TRANSITIONS.contains(&(from, to)) {
+        return Ok(());
+    }
+    if matches!(from, "executed" | "failed") {
+        return Err(format!("plan is in terminal state: {from}"));
+    }
+    let expected = TRANSITIONS
+        .iter()
+        .find(|(_, target)| *target == to)
+        .map_or("none", |(source, _)| *source);
+    Err(format!("invalid transition: expected {expected}, got {from}"))
+}
+
+/// Flattens and validates a planner body into stored actions and context (§5.3).
+pub fn flatten_body(spec_name: &str, body: &Value) -> Result<(Vec<Value>, Value), String> {
+    let Some(actions) = body.get("actions") else {
+        return Err(format!(
+            "planner output for spec '{spec_name}' is missing the required `actions` field"
+        ));
+    };
+    let Some(actions) = actions.as_array() else {
+        return Err(format!("`actions` for spec '{spec_name}' must be a JSON array"));
+    };
+    if actions.is_empty() {
+        return Err(format!(
+            "planner output for spec '{spec_name}' produced an empty action sequence"
+        ));
+    }
+    let mut stored = Vec::with_capacity(actions.len());
+    for (index, action) in actions.iter().enumerate() {
+        let fail = |why: String| format!("action #{index} for spec '{spec_name}' failed to decode: {why}");
+        let Some(object) = action.as_object() else {
+            return Err(fail(String::from("action must be a JSON object")));
+        };
+        let Some(kind) = object.get("kind").and_then(Value::as_str) else {
+            return Err(fail(String::from("action is missing required string field `kind`")));
+        };
+        let references = match object.get("references") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut refs = Vec::with_capacity(items.len());
+                for item in items {
+                    let kind = item.get("kind").and_then(Value::as_str);
+                    let id = item.get("id").and_then(Value::as_str);
+                    match (kind, id) {
+                        (Some(kind), Some(id)) => refs.push(json!({"kind": kind, "id": id})),
+                        _ => {
+                            return Err(fail(format!(
+                                "`references` did not match `[ArtifactRef]`: each reference needs string fields `kind` and `id`, got {item}"
+                            )));
+                        }
+                    }
+                }
+                refs
+            }
+            Some(other) => {
+                return Err(fail(format!(
+                    "`references` did not match `[ArtifactRef]`: expected an array, got {other}"
+                )));
+            }
+        };
+        let payload: Map<String, Value> = object
+            .iter()
+            .filter(|(key, _)| key.as_str() != "kind" && key.as_str() != "references")
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        stored.push(json!({"kind": kind, "payload": payload, "references": references}));
+    }
+    let context: Map<String, Value> = body
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(key, _)| key.as_str() != "actions")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((stored, Value::Object(context)))
+}
+
+/// Validates a dispatcher's return value (§5.6); returns `(entitiesAffected, summary, details)`.
+pub fn check_dispatch_envelope(value: &Value) -> Result<(u64, Value, Value), String> {
+    let object = match value {
+        Value::Null => return Ok((0, Value::Null, Value::Null)),
+        Value::Object(object) => object,
+        _ => {
+            return Err(String::from(
+                "action_dispatcher must return None or an object with required field `entitiesAffected`, optional `summary`, and optional `details`",
+            ));
+        }
+    };
+    for key in object.keys() {
+        if !matches!(key.as_str(), "entitiesAffected" | "summary" | "details") {
+            return Err(format!(
+                "action_dispatcher returned unexpected field `{key}`; put domain-specific data under `details`"
+            ));
+        }
+    }
+    let Some(entities) = object.get("entitiesAffected") else {
+        return Err(String::from(
+            "action_dispatcher must return None or an object with required field `entitiesAffected` as a non-negative integer",
+        ));
+    };
+    let Some(entities) = entities.as_u64() else {
+        return Err(String::from(
+            "action_dispatcher field `entitiesAffected` must be a non-negative integer",
+        ));
+    };
+    let summary = object.get("summary").cloned().unwrap_or(Value::Null);
+    if !matches!(summary, Value::Null | Value::String(_)) {
+        return Err(String::from(
+            "action_dispatcher field `summary` must be a string or null",
+        ));
+    }
+    Ok((entities, summary, object.get("details").cloned().unwrap_or(Value::Null)))
+}
+
+fn status_of(plan: &Value) -> &str {
+    plan.get("status").and_then(Value::as_str).unwrap_or("draft")
+}
+
+pub(crate) async fn run_plan_tool(
+    driver: &mut Driver,
+    inv: &Invocation<'_>,
+    tool: BuiltinTool,
+    args: &Value,
+) -> Result<ToolOutcome, EngineError> {
+    match tool {
+        BuiltinTool::StorePlan => store_plan(driver, args).await,
+        BuiltinTool::GetPlan => Ok(get_plan(driver, args)),
+        _ => execute_plan(driver, inv, args).await,
+    }
+}
+
+fn string_arg<'a>(args: &'a Value, name: &str) -> Result<&'a str, ToolOutcome> {
+    args.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ToolOutcome::error(format!("Invalid input: missing field `{name}`")))
+}
+
+/// The outcome is already journaled: the caller reads it from ToolCallCompleted.
+fn recorded_outcome() -> ToolOutcome {
+    ToolOutcome::ok(Value::Null)
+}
+
+fn plan_row(driver: &mut Driver, plan: &Value, version: u64, seq: u64) -> IndexUpdate {
+    let plan_id = plan.get("id").and_then(Value::as_str).unwrap_or_default();
+    IndexUpdate::PutPlan(PlanRow {
+        tenant: driver.tenant().to_owned(),
+        plan_id: plan_id.to_owned(),
+        version,
+        status: status_of(plan).to_owned(),
+        body: plan.to_string(),
+        run_id: driver.journal().run_id(),
+        seq,
+    })
+}
+
+async fn store_plan(driver: &mut Driver, args: &Value) -> Result<ToolOutcome, EngineError> {
+    match driver.journal().peek_kind() {
+        Some(RecordKind::PlanStored) => {
+            if let Some((_, stored)) = driver.journal().take::<payloads::PlanStored>().await? {
+                driver.plans.insert(stored.plan_id, parse_raw(&stored.plan));
+            }
+            return Ok(recorded_outcome());
+        }
+        Some(RecordKind::ToolCallCompleted) => return Ok(recorded_outcome()),
+        _ => {}
+    }
+    let (spec_name, plan_id) = match (string_arg(args, "specName"), string_arg(args, "planId")) {
+        (Ok(s), Ok(p)) => (s.to_owned(), p.to_owned()),
+        (Err(e), _) | (_, Err(e)) => return Ok(e),
+    };
+    let Some(body) = args.get("body") else {
+        return Ok(ToolOutcome::error("Invalid input: missing field `body`"));
+    };
+    let plans = &driver.shared().compiled.plans;
+    if !plans.contains(&spec_name) {
+        return Ok(ToolOutcome::error(format!("unknown plan spec: {spec_name}")));
+    }
+    if let Err(errors) = plans.validate(&spec_name, body) {
+        return Ok(ToolOutcome::error(format!(
+            "schema validation failed for spec '{spec_name}': {}",
+            serde_json::to_string(&errors).unwrap_or_default()
+        )));
+    }
+    let (actions, context) = match flatten_body(&spec_name, body) {
+        Ok(flat) => flat,
+        Err(message) => return Ok(ToolOutcome::error(message)),
+    };
+    let previous = match driver.plans.get(&plan_id) {
+        Some(plan) => Some((plan.clone(), 0)),
+        None => driver
+            .journal()
+            .store()
+            .plan(driver.tenant(), &plan_id)?
+            .map(|row| (serde_json::from_str(&row.body).unwrap_or(Value::Null), row.version)),
+    };
+    if let Some((plan, _)) = &previous {
+        if status_of(plan) == "executing" {
+            return Ok(ToolOutcome::error(format!("plan {plan_id} is executing")));
+        }
+    }
+    let version = previous
+        .as_ref()
+        .map_or(1, |(plan, version)| plan.get("version").and_then(Value::as_u64).unwrap_or(*version) + 1);
+    let now = rfc3339_ms(driver.journal().now_ms());
+    let plan = json!({
+        "id": plan_id, "owner": driver.tenant(), "actions": actions, "status": "draft",
+        "description": null, "context": context, "createdAt": now, "approvedAt": null,
+        "startedAt": null, "completedAt": null, "failedAt": null, "approvedBy": null,
+        "outcome": null,
+    });
+    let seq = driver.journal().next_seq();
+    let row = plan_row(driver, &plan, version, seq);
+    driver.journal().push(
+        &payloads::PlanStored {
+            plan_id: plan_id.clone(),
+            version,
+            spec_name,
+            plan: raw(&plan)?,
+        },
+        vec![row],
+    )?;
+    driver.plans.insert(plan_id, plan.clone());
+    Ok(ToolOutcome::ok(plan))
+}
+
+fn get_plan(driver: &mut Driver, args: &Value) -> ToolOutcome {
+    if driver.journal().peek_kind() == Some(RecordKind::ToolCallCompleted) {
+        return recorded_outcome();
+    }
+    let plan_id = match string_arg(args, "planId") {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    if let Some(plan) = driver.plans.get(plan_id) {
+        return ToolOutcome::ok(plan.clone());
+    }
+    match driver.journal().store().plan(driver.tenant(), plan_id) {
+        Ok(Some(row)) => ToolOutcome::ok(serde_json::from_str(&row.body).unwrap_or(Value::Null)),
+        Ok(None) => ToolOutcome::ok(Value::Null),
+        Err(e) => ToolOutcome::error(format!("plan store error: {e}")),
+    }
+}
+
+/// Records a transition checked against the table; returns the new plan JSON.
+async fn transition(
+    driver: &mut Driver,
+    plan_id: &str,
+    to: &str,
+    emit: bool,
+    outcome: Option<Value>,
+) -> Result<Value, EngineError> {
+    if let Some((seq, recorded)) = driver.journal().take::<payloads::PlanTransitioned>().await? {
+        if recorded.plan_id != plan_id || recorded.to != to {
+            return Err(driver.nondeterminism(
+                seq,
+                format!("move plan {} to {}", recorded.plan_id, recorded.to),
+                format!("move plan {plan_id} to {to}"),
+            ));
+        }
+        let plan = parse_raw(&recorded.plan);
+        driver.plans.insert(plan_id.to_owned(), plan.clone());
+        return Ok(plan);
+    }
+    let mut plan = driver
+        .plans
+        .get(plan_id)
+        .cloned()
+        .ok_or_else(|| EngineError::Internal(format!("plan {plan_id} is not loaded")))?;
+    let from = status_of(&plan).to_owned();
+    check_transition(&from, to).map_err(EngineError::Internal)?;
+    let now = rfc3339_ms(driver.journal().now_ms());
+    if let Some(object) = plan.as_object_mut() {
+        object.insert(String::from("status"), json!(to));
+        match to {
+            "approved" => {
+                object.insert(String::from("approvedAt"), json!(now));
+                object.insert(String::from("approvedBy"), json!("runtime"));
+            }
+            "executing" => {
+                object.insert(String::from("startedAt"), json!(now));
+            }
+            "executed" => {
+                object.insert(String::from("completedAt"), json!(now));
+            }
+            _ => {
+                object.insert(String::from("failedAt"), json!(now));
+            }
+        }
+        if let Some(outcome) = outcome {
+            object.insert(String::from("outcome"), outcome);
+        }
+    }
+    let seq = driver.journal().next_seq();
+    let version = plan.get("version").and_then(Value::as_u64).unwrap_or(1);
+    let row = plan_row(driver, &plan, version, seq);
+    driver.journal().push(
+        &payloads::PlanTransitioned {
+            plan_id: plan_id.to_owned(),
+            from,
+            to: to.to_owned(),
+            plan: raw(&plan)?,
+            emit,
+        },
+        vec![row],
+    )?;
+    driver.plans.insert(plan_id.to_owned(), plan.clone());
+    Ok(plan)
+}
+
+/// The plan's status as this run's journal or the live table shows it.
+fn plan_status(driver: &mut Driver, plan_id: &str) -> Result<Option<String>, EngineError> {
+    if let Some(plan) = driver.plans.get(plan_id) {
+        return Ok(Some(status_of(plan).to_owned()));
+    }
+    if driver.journal().replaying() {
+        // A plan stored by an earlier run: the recorded records say which path was taken.
+        return Ok(match driver.journal().peek_kind() {
+            Some(RecordKind::PredicateEvaluated | RecordKind::ApprovalRequested) => {
+                Some(String::from("draft"))
+            }
+            _ => None,
+        });
+    }
+    match driver.journal().store().plan(driver.tenant(), plan_id)? {
+        Some(row) => {
+            let plan: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+            let status = status_of(&plan).to_owned();
+            let mut plan = plan;
+            if let Some(object) = plan.as_object_mut() {
+                object.insert(String::from("version"), json!(row.version));
+            }
+            driver.plans.insert(plan_id.to_owned(), plan);
+            Ok(Some(status))
+        }
+        None => Ok(None),
+    }
+}
+
+async fn execute_plan(
+    driver: &mut Driver,
+    inv: &Invocation<'_>,
+    args: &Value,
+) -> Result<ToolOutcome, EngineError> {
+    let plan_id = match string_arg(args, "planId") {
+        Ok(p) => p.to_owned(),
+        Err(e) => return Ok(e),
+    };
+    if driver.journal().peek_kind() == Some(RecordKind::ToolCallCompleted)
+        && !driver.plans.contains_key(&plan_id)
+    {
+        return Ok(recorded_outcome());
+    }
+    if driver.journal().peek_kind() == Some(RecordKind::PlanTransitioned)
+        && !driver.plans.contains_key(&plan_id)
+    {
+        // Re-entering an execution of a plan stored by an earlier run.
+        return execute_approved(driver, inv, &plan_id).await;
+    }
+    let Some(status) = plan_status(driver, &plan_id)? else {
+        return Ok(ToolOutcome::error(format!("plan not found: {plan_id}")));
+    };
+    match status.as_str() {
+        "draft" => {
+            let plan = driver.plans.get(&plan_id).cloned().unwrap_or(Value::Null);
+            let rule = inv.agent.policy.plan_rule().clone();
+            let gate = driver
+                .gate("plan", &plan_id, &plan, Some(plan_id.clone()), &rule, &inv.thread)
+                .await?;
+            match gate {
+                GateOutcome::Open => {
+                    transition(driver, &plan_id, "approved", true, None).await?;
+                }
+                GateOutcome::Decided(decided) => {
+                    if !driver.plans.contains_key(&plan_id) {
+                        driver.plans.insert(plan_id.clone(), plan);
+                    }
+                    match decided.outcome.as_str() {
+                        "approve" => {
+                            transition(driver, &plan_id, "approved", false, None).await?;
+                        }
+                        "revise" => {
+                            let partial = decided.partial.as_deref().map_or(Value::Null, parse_raw);
+                            return Ok(ToolOutcome::ok(json!({
+                                "rejected": true, "should_revise": true,
+                                "plan_id": plan_id, "partial": partial,
+                            })));
+                        }
+                        "cancelled" => {
+                            return Ok(ToolOutcome::error(format!(
+                                "Plan {plan_id} approval was cancelled"
+                            )));
+                        }
+                        _ => {
+                            let reason = decided
+                                .feedback
+                                .unwrap_or_else(|| String::from("Plan rejected"));
+                            return Ok(ToolOutcome::error(format!(
+                                "Plan {plan_id} rejected: {reason}"
+                            )));
+                        }
+                    }
+                }
+            }
+            execute_approved(driver, inv, &plan_id).await
+        }
+        "approved" => execute_approved(driver, inv, &plan_id).await,
+        other => Ok(ToolOutcome::error(format!(
+            "Invalid plan state for execution: {other}"
+        ))),
+    }
+}
+
+/// `approved → executing`, hydration, dispatch, `executed | failed`.
+async fn execute_approved(
+    driver: &mut Driver,
+    _inv: &Invocation<'_>,
+    plan_id: &str,
+) -> Result<ToolOutcome, EngineError> {
+    let executing_seq = match driver.journal().peek_kind() {
+        Some(RecordKind::PlanTransitioned) => driver.journal().next_recorded_seq(),
+        _ => driver.journal().next_seq(),
+    };
+    let plan = transition(driver, plan_id, "executing", false, None).await?;
+    let actions = plan.get("actions").cloned().unwrap_or_else(|| json!([]));
+
+    // Hydration: every reference once, in plan order.
+    let hydrated = match driver.journal().take::<payloads::RefsHydrated>().await? {
+        Some((_, recorded)) => recorded,
+        None => {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut resolved: Map<String, Value> = Map::new();
+            let mut missing = None;
+            let now = driver.journal().now_ms();
+            'outer: for action in actions.as_array().into_iter().flatten() {
+                for reference in action.get("references").and_then(Value::as_array).into_iter().flatten() {
+                    let kind = reference.get("kind").and_then(Value::as_str).unwrap_or_default();
+                    let id = reference.get("id").and_then(Value::as_str).unwrap_or_default();
+                    if !seen.insert((kind.to_owned(), id.to_owned())) {
+                        continue;
+                    }
+                    match driver.journal().store().reference(driver.tenant(), kind, id, now)? {
+                        Some(entry) => {
+                            let value: Value = serde_json::from_str(&entry.value).unwrap_or(Value::Null);
+                            resolved
+                                .entry(kind.to_owned())
+                                .or_insert_with(|| Value::Object(Map::new()))
+                                .as_object_mut()
+                                .map(|m| m.insert(id.to_owned(), value));
+                        }
+                        None => {
+                            missing = Some((kind.to_owned(), id.to_owned()));
+                            break 'outer;
+                        }
+                    }
+                }
+            }
+            let record = payloads::RefsHydrated {
+                plan_id: plan_id.to_owned(),
+                resolved: if missing.is_none() {
+                    Some(raw(&Value::Object(resolved))?)
+                } else {
+                    None
+                },
+                missing,
+            };
+            driver.journal().push(&record, Vec::new())?;
+            record
+        }
+    };
+    if let Some((kind, id)) = hydrated.missing {
+        let message = format!("reference required by plan is missing: kind={kind} id={id}");
+        transition(
+            driver,
+            plan_id,
+            "failed",
+            false,
+            Some(json!({"state": "failed", "message": message, "code": null, "details": null})),
+        )
+        .await?;
+        return Ok(ToolOutcome::error(format!("Dispatch failed: {message}")));
+    }
+    let resolved_refs = hydrated.resolved.as_deref().map_or_else(|| json!({}), parse_raw);
+
+    // Dispatch as attempts: durable before the dispatcher runs.
+    let idempotency_key = format!("{}:{plan_id}:{executing_seq}", driver.run_id_text());
+    let mut last_attempt = 0;
+    while driver.journal().peek_kind() == Some(RecordKind::DispatchStarted) {
+        if let Some((_, started)) = driver.journal().take::<payloads::DispatchStarted>().await? {
+            last_attempt = started.attempt;
+        }
+    }
+    let dispatched = match driver.journal().take::<payloads::ActionsDispatched>().await? {
+        Some((_, recorded)) => recorded,
+        None => {
+            let attempt = last_attempt + 1;
+            driver.journal().push(
+                &payloads::DispatchStarted {
+                    plan_id: plan_id.to_owned(),
+                    attempt,
+                    idempotency_key: idempotency_key.clone(),
+                },
+                Vec::new(),
+            )?;
+            driver.journal().flush().await?;
+            let host = std::sync::Arc::clone(&driver.shared().host);
+            let returned = if host.has_dispatcher() {
+                host.dispatch_actions(
+                    actions.clone(),
+                    DispatchContext {
+                        run_id: driver.run_id_text().to_owned(),
+                        plan_id: plan_id.to_owned(),
+                        idempotency_key,
+                        attempt,
+                        resolved_refs: resolved_refs.clone(),
+                    },
+                )
+                .await
+            } else {
+                Ok(Value::Null)
+            };
+            let record = match returned.and_then(|value| {
+                check_dispatch_envelope(&value).map(|(entities, summary, details)| {
+                    json!({"entitiesAffected": entities, "summary": summary, "details": details})
+                })
+            }) {
+                Ok(outcome) => payloads::ActionsDispatched {
+                    plan_id: plan_id.to_owned(),
+                    outcome: Some(raw(&outcome)?),
+                    error: None,
+                },
+                Err(message) => payloads::ActionsDispatched {
+                    plan_id: plan_id.to_owned(),
+                    outcome: None,
+                    error: Some(message),
+                },
+            };
+            driver.journal().push(&record, Vec::new())?;
+            record
+        }
+    };
+    if let Some(message) = dispatched.error {
+        let message = format!("inner dispatcher failed: {message}");
+        transition(
+            driver,
+            plan_id,
+            "failed",
+            false,
+            Some(json!({"state": "failed", "message": message, "code": null, "details": null})),
+        )
+        .await?;
+        return Ok(ToolOutcome::error(format!("Dispatch failed: {message}")));
+    }
+    let outcome = dispatched.outcome.as_deref().map_or(Value::Null, parse_raw);
+    let entities = outcome.get("entitiesAffected").cloned().unwrap_or(json!(0));
+    let summary = outcome.get("summary").cloned().unwrap_or(Value::Null);
+    let details = outcome.get("details").cloned().unwrap_or(Value::Null);
+    transition(
+        driver,
+        plan_id,
+        "executed",
+        false,
+        Some(json!({"state": "executed", "entitiesAffected": entities, "summary": summary, "details": details})),
+    )
+    .await?;
+    let resolved_actions: Vec<Value> = actions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| json!({"type": a.get("kind").cloned().unwrap_or(Value::Null), "payload": a.get("payload").cloned().unwrap_or(Value::Null)}))
+        .collect();
+    let details = match details {
+        Value::Null => json!({"resolvedActions": resolved_actions}),
+        Value::Object(mut map) => {
+            map.insert(String::from("resolvedActions"), json!(resolved_actions));
+            Value::Object(map)
+        }
+        other => json!({"result": other, "resolvedActions": resolved_actions}),
+    };
+    Ok(ToolOutcome::ok(json!({
+        "entitiesAffected": entities, "summary": summary, "details": details,
+        "resolvedActions": resolved_actions,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_table() {
+        assert!(check_transition("draft", "approved").is_ok());
+        assert!(check_transition("approved", "executing").is_ok());
+        assert!(check_transition("executing", "executed").is_ok());
+        assert!(check_transition("executing", "failed").is_ok());
+        assert_eq!(
+            check_transition("draft", "executing"),
+            Err(String::from("invalid transition: expected approved, got draft"))
+        );
+        assert_eq!(
+            check_transition("executed", "failed"),
+            Err(String::from("plan is in terminal state: executed"))
+        );
+    }
+
+    #[test]
+    fn flattening_matches_the_contract() {
+        let body = json!({"actions":[{"kind":"price_change","product_id":"p-1","new_price":9.99}],"rationale":"test"});
+        let (actions, context) = flatten_body("S", &body).expect("valid body");
+        assert_eq!(
+            actions,
+            vec![json!({"kind":"price_change","payload":{"product_id":"p-1","new_price":9.99},"references":[]})]
+        );
+        assert_eq!(context, json!({"rationale":"test"}));
+        // Canonical form nests the payload once more (documented quirk).
+        let (actions, _) = flatten_body("S", &json!({"actions":[{"kind":"k","payload":{"a":1}}]})).expect("valid");
+        assert_eq!(actions[0]["payload"], json!({"payload":{"a":1}}));
+    }
+
+    #[test]
+    fn flattening_errors() {
+        assert_eq!(
+            flatten_body("S", &json!({})),
+            Err(String::from("planner output for spec 'S' is missing the required `actions` field"))
+        );
+        assert_eq!(
+            flatten_body("S", &json!({"actions": {}})),
+            Err(String::from("`actions` for spec 'S' must be a JSON array"))
+        );
+        assert_eq!(
+            flatten_body("S", &json!({"actions": []})),
+            Err(String::from("planner output for spec 'S' produced an empty action sequence"))
+        );
+        assert_eq!(
+            flatten_body("S", &json!({"actions": [1]})),
+            Err(String::from("action #0 for spec 'S' failed to decode: action must be a JSON object"))
+        );
+        assert_eq!(
+            flatten_body("S", &json!({"actions": [{"x": 1}]})),
+            Err(String::from(
+                "action #0 for spec 'S' failed to decode: action is missing required string field `kind`"
+            ))
+        );
+    }
+
+    #[test]
+    fn dispatch_envelopes() {
+        assert_eq!(check_dispatch_envelope(&Value::Null), Ok((0, Value::Null, Value::Null)));
+        assert!(check_dispatch_envelope(&json!(3)).is_err_and(|e| e.contains("optional `details`")));
+        assert_eq!(
+            check_dispatch_envelope(&json!({"entitiesAffected": 1, "extra": 2})),
+            Err(String::from(
+                "action_dispatcher returned unexpected field `extra`; put domain-specific data under `details`"
+            ))
+        );
+        assert!(check_dispatch_envelope(&json!({})).is_err_and(|e| e.contains("as a non-negative integer")));
+        assert_eq!(
+            check_dispatch_envelope(&json!({"entitiesAffected": -1})),
+            Err(String::from("action_dispatcher field `entitiesAffected` must be a non-negative integer"))
+        );
+        assert_eq!(
+            check_dispatch_envelope(&json!({"entitiesAffected": 1, "summary": 3})),
+            Err(String::from("action_dispatcher field `summary` must be a string or null"))
+        );
+        assert_eq!(
+            check_dispatch_envelope(&json!({"entitiesAffected": 2, "summary": "ok", "details": [1]})),
+            Ok((2, json!("ok"), json!([1])))
+        );
+    }
+}

@@ -1,0 +1,851 @@
+//! The runtime handle: builds the engine from a spec and host callbacks, starts,
+//! resumes, inspects, replays and verifies runs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use flowai_storage::payloads;
+use flowai_storage::{
+    AppendRequest, ApprovalStatus, Clock, IndexUpdate, Precondition, Record, ReferenceEntry,
+    RunAppend, RunFilter, RunId, RunInfo, RunStatus, Store, StoreError,
+};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::driver::{Control, Decision, Driver, RunEnd};
+use crate::error::EngineError;
+use crate::events::{Event, Projector};
+use crate::host::Host;
+use crate::ids::{IdSource, rfc3339_ms};
+use crate::journal::{DriveMode, EventSink, RunJournal};
+use crate::spec::{self, CompiledSpec, HostToolDecl, InterpreterChoice, RuntimeSpec};
+
+/// Everything needed to build a [`Runtime`].
+pub struct RuntimeOptions {
+    pub spec: RuntimeSpec,
+    pub host_tools: Vec<HostToolDecl>,
+    pub predicates: BTreeSet<String>,
+    pub interpreter: InterpreterChoice,
+    pub store: Store,
+    pub host: Arc<dyn Host>,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdSource>,
+    /// The tokio runtime that drives runs.
+    pub handle: tokio::runtime::Handle,
+    /// Environment lookup for provider keys (`apiKeyEnv`).
+    pub env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    /// How many events a stream buffers before the run waits for its consumer.
+    pub event_buffer: usize,
+}
+
+pub(crate) struct ActiveRun {
+    control: mpsc::UnboundedSender<Control>,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) compiled: CompiledSpec,
+    pub(crate) spec_hash: String,
+    pub(crate) spec_json: String,
+    pub(crate) host: Arc<dyn Host>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) ids: Arc<dyn IdSource>,
+    pub(crate) interpreter: InterpreterChoice,
+    pub(crate) models: BTreeMap<String, Arc<dyn crate::providers::ModelClient>>,
+    handle: tokio::runtime::Handle,
+    event_buffer: usize,
+    /// Runs driven by this runtime now (lookup only; never iterated to decide anything).
+    active: Mutex<HashMap<RunId, ActiveRun>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// The runtime handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+/// A run's event stream. The run starts on the first [`RunStream::next`].
+pub struct RunStream {
+    run_id: String,
+    rx: Option<mpsc::Receiver<Event>>,
+    done: Option<oneshot::Receiver<Result<RunEnd, EngineError>>>,
+    start: Option<Box<dyn FnOnce(bool) + Send>>,
+    cancel_before_start: bool,
+    shared: Arc<Shared>,
+}
+
+impl RunStream {
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// The next event; `None` at the end; `Err` when the run could not be driven
+    /// (non-determinism on resume, a storage failure).
+    pub async fn next(&mut self) -> Option<Result<Event, EngineError>> {
+        if let Some(start) = self.start.take() {
+            start(self.cancel_before_start);
+        }
+        if let Some(rx) = &mut self.rx {
+            if let Some(event) = rx.recv().await {
+                return Some(Ok(event));
+            }
+            self.rx = None;
+        }
+        let done = self.done.take()?;
+        match done.await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(Err(e)),
+            Err(_) => None,
+        }
+    }
+
+    /// Cancels the run durably (before or after it started).
+    pub fn cancel(&mut self) {
+        if self.start.is_some() {
+            self.cancel_before_start = true;
+            return;
+        }
+        let active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(run) = self.run_id.parse::<RunId>() {
+            if let Some(active) = active.get(&run) {
+                let _ = active.control.send(Control::Cancel);
+            }
+        }
+    }
+}
+
+/// One journal record as the runtime API shows it (API.md §9.2).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JournalEntry {
+    pub seq: u64,
+    pub kind: &'static str,
+    pub at_ms: i64,
+    pub data: Value,
+}
+
+impl JournalEntry {
+    /// `{"seq","kind","at","data"}`.
+    pub fn to_json(&self) -> Value {
+        json!({"seq": self.seq, "kind": self.kind, "at": rfc3339_ms(self.at_ms), "data": self.data})
+    }
+}
+
+/// A reference created through the runtime.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CreatedRef {
+    pub kind: String,
+    pub id: String,
+    pub glimpse: Value,
+}
+
+fn parse_run_id(run_id: &str) -> Result<RunId, EngineError> {
+    run_id
+        .parse::<RunId>()
+        .map_err(|_| EngineError::RunNotFound(run_id.to_owned()))
+}
+
+/// The exact input the engine was built from, with secrets removed (DESIGN.md §5).
+fn recorded_spec(
+    spec: &RuntimeSpec,
+    host_tools: &[HostToolDecl],
+    predicates: &BTreeSet<String>,
+    interpreter: &InterpreterChoice,
+) -> Result<Value, EngineError> {
+    let mut wire = serde_json::to_value(spec)
+        .map_err(|e| EngineError::Internal(format!("cannot encode spec: {e}")))?;
+    spec::redact_secrets(&mut wire);
+    let tools: Vec<Value> = host_tools
+        .iter()
+        .map(|t| {
+            json!({
+                "agent": t.agent, "bindingKey": t.binding_key, "name": t.name,
+                "description": t.description, "inputSchema": t.input_schema,
+                "approval": serde_json::to_value(&t.approval).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "spec": wire,
+        "hostTools": tools,
+        "predicates": predicates.iter().collect::<Vec<_>>(),
+        "interpreter": interpreter.name(),
+    }))
+}
+
+impl Runtime {
+    /// Validates and compiles the spec, and prepares the providers the agents use.
+    pub fn new(options: RuntimeOptions) -> Result<Runtime, EngineError> {
+        let recorded = recorded_spec(
+            &options.spec,
+            &options.host_tools,
+            &options.predicates,
+            &options.interpreter,
+        )?;
+        let spec_hash = spec::spec_hash(&recorded);
+        let compiled = spec::compile_spec(
+            options.spec,
+            &options.host_tools,
+            &options.predicates,
+            &options.interpreter,
+        )?;
+        let models = crate::live::build_clients(&compiled, &options.interpreter, &*options.env)?;
+        let spec_json = recorded.to_string();
+        Ok(Runtime {
+            shared: Arc::new(Shared {
+                store: options.store,
+                compiled,
+                spec_hash,
+                spec_json,
+                host: options.host,
+                clock: options.clock,
+                ids: options.ids,
+                interpreter: options.interpreter,
+                models,
+                handle: options.handle,
+                event_buffer: options.event_buffer.max(1),
+                active: Mutex::new(HashMap::new()),
+                closed: std::sync::atomic::AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.shared.compiled.tenant
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub fn spec_hash(&self) -> &str {
+        &self.shared.spec_hash
+    }
+
+    fn check_open(&self) -> Result<(), EngineError> {
+        if self.shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(EngineError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Starts a run on the coordinator.
+    pub fn query(
+        &self,
+        prompt: &str,
+        thread_id: &str,
+        run_id: Option<&str>,
+    ) -> Result<RunStream, EngineError> {
+        let agent = self
+            .shared
+            .compiled
+            .agents
+            .iter()
+            .find(|a| a.role == spec::AgentRole::Coordinator)
+            .map(|a| a.name.clone())
+            .unwrap_or_default();
+        self.start(prompt, thread_id, run_id, "query", agent)
+    }
+
+    /// Starts a run on a specialist.
+    pub fn run_specialist(
+        &self,
+        specialist: &str,
+        prompt: &str,
+        thread_id: Option<&str>,
+        run_id: Option<&str>,
+    ) -> Result<RunStream, EngineError> {
+        let thread = match thread_id {
+            Some(t) => t.to_owned(),
+            None => format!("specialist-{}", self.shared.ids.uuid4()),
+        };
+        self.start(prompt, &thread, run_id, "specialist", specialist.to_owned())
+    }
+
+    fn start(
+        &self,
+        prompt: &str,
+        thread: &str,
+        run_id: Option<&str>,
+        entry: &str,
+        agent: String,
+    ) -> Result<RunStream, EngineError> {
+        self.check_open()?;
+        let run = match run_id {
+            Some(text) => {
+                let run = text
+                    .parse::<RunId>()
+                    .map_err(|_| EngineError::InvalidArgument(format!("run_id must be a ULID: {text}")))?;
+                if self.shared.store.run(run)?.is_some() {
+                    return Err(EngineError::RunExists(text.to_owned()));
+                }
+                run
+            }
+            None => self.shared.ids.ulid(),
+        };
+        let started = payloads::RunStarted {
+            tenant: self.shared.compiled.tenant.clone(),
+            thread: thread.to_owned(),
+            agent,
+            entry: entry.to_owned(),
+            prompt: prompt.to_owned(),
+            spec_hash: self.shared.spec_hash.clone(),
+            interpreter: self.shared.interpreter.name().to_owned(),
+            parent: None,
+        };
+        Ok(self.stream_for(run, DriveMode::Live, Vec::new(), Some(started)))
+    }
+
+    fn stream_for(
+        &self,
+        run: RunId,
+        mode: DriveMode,
+        recorded: Vec<flowai_storage::StoredRecord>,
+        started: Option<payloads::RunStarted>,
+    ) -> RunStream {
+        let (tx, rx) = mpsc::channel(self.shared.event_buffer);
+        let (done_tx, done_rx) = oneshot::channel();
+        let shared = Arc::clone(&self.shared);
+        let start = Box::new(move |cancelled: bool| {
+            let (control_tx, control_rx) = mpsc::unbounded_channel();
+            let sink = EventSink::new(tx);
+            let journal = match mode {
+                DriveMode::Live => {
+                    RunJournal::new_live(shared.store.clone(), run, Arc::clone(&shared.clock), sink)
+                }
+                _ => RunJournal::new_recorded(
+                    shared.store.clone(),
+                    run,
+                    Arc::clone(&shared.clock),
+                    mode,
+                    recorded,
+                    sink,
+                ),
+            };
+            {
+                let mut active = shared.active.lock().unwrap_or_else(|p| p.into_inner());
+                if active.contains_key(&run) {
+                    let _ = done_tx.send(Err(EngineError::RunBusy {
+                        run: run.to_string(),
+                    }));
+                    return;
+                }
+                active.insert(
+                    run,
+                    ActiveRun {
+                        control: control_tx,
+                        task: None,
+                    },
+                );
+            }
+            let driver = Driver::new(Arc::clone(&shared), journal, Some(control_rx), cancelled);
+            let cleanup = Arc::clone(&shared);
+            let task = shared.handle.spawn(async move {
+                let result = driver.run(started).await;
+                if let Err(e) = &result {
+                    tracing::warn!(run_id = %run, error = %e, "run stopped");
+                }
+                cleanup
+                    .active
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&run);
+                let _ = done_tx.send(result);
+            });
+            let mut active = shared.active.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = active.get_mut(&run) {
+                entry.task = Some(task.abort_handle());
+            }
+        });
+        RunStream {
+            run_id: run.to_string(),
+            rx: Some(rx),
+            done: Some(done_rx),
+            start: Some(start),
+            cancel_before_start: false,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    fn run_of_tenant(&self, run_id: &str) -> Result<(RunId, RunInfo), EngineError> {
+        let run = parse_run_id(run_id)?;
+        match self.shared.store.run(run)? {
+            Some(info) if info.meta.tenant == self.shared.compiled.tenant => Ok((run, info)),
+            _ => Err(EngineError::RunNotFound(run_id.to_owned())),
+        }
+    }
+
+    fn check_spec(&self, run_id: &str, run: RunId) -> Result<(), EngineError> {
+        let first = self.shared.store.records(run, 1)?;
+        let Some(first) = first.first() else {
+            return Err(EngineError::RunNotFound(run_id.to_owned()));
+        };
+        let started: payloads::RunStarted =
+            serde_json::from_str(&first.record.payload).map_err(|e| EngineError::CorruptPayload {
+                seq: first.seq,
+                kind: "RunStarted",
+                reason: e.to_string(),
+            })?;
+        if started.spec_hash == self.shared.spec_hash {
+            return Ok(());
+        }
+        let current: Value = serde_json::from_str(&self.shared.spec_json).unwrap_or(Value::Null);
+        let recorded: Value = self
+            .shared
+            .store
+            .spec(&started.spec_hash)?
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(Value::Null);
+        let path = spec::first_difference(&recorded, &current).unwrap_or_else(|| String::from("$"));
+        Err(EngineError::SpecMismatch {
+            run: run_id.to_owned(),
+            recorded: started.spec_hash,
+            current: self.shared.spec_hash.clone(),
+            path,
+        })
+    }
+
+    /// Re-drives a suspended or interrupted run from its journal, then continues live.
+    pub fn resume(&self, run_id: &str, allow_spec_change: bool) -> Result<RunStream, EngineError> {
+        self.check_open()?;
+        let (run, info) = self.run_of_tenant(run_id)?;
+        match info.meta.status {
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled => {
+                return Err(EngineError::RunFinished {
+                    run: run_id.to_owned(),
+                    status: info.meta.status.as_str().to_owned(),
+                });
+            }
+            RunStatus::Running | RunStatus::Suspended | RunStatus::Interrupted => {}
+        }
+        if self.is_active(run) {
+            return Err(EngineError::RunBusy {
+                run: run_id.to_owned(),
+            });
+        }
+        if !allow_spec_change {
+            self.check_spec(run_id, run)?;
+        }
+        let recorded = self.shared.store.records(run, 1)?;
+        Ok(self.stream_for(run, DriveMode::Resume, recorded, None))
+    }
+
+    fn is_active(&self, run: RunId) -> bool {
+        self.shared
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&run)
+    }
+
+    /// Answers a pending approval of this tenant (API.md §2.4, §9.3).
+    pub async fn respond_to_approval(
+        &self,
+        approval_id: &str,
+        decision: Decision,
+    ) -> Result<(), EngineError> {
+        if !matches!(decision.outcome.as_str(), "approve" | "reject" | "revise") {
+            return Err(EngineError::InvalidArgument(format!(
+                "approval outcome must be approve, reject, or revise; got {}",
+                decision.outcome
+            )));
+        }
+        let row = match self.shared.store.approval(approval_id)? {
+            Some(row) if row.tenant == self.shared.compiled.tenant => row,
+            _ => return Err(EngineError::ApprovalNotFound(approval_id.to_owned())),
+        };
+        if row.status != ApprovalStatus::Pending {
+            return Err(EngineError::ApprovalResolved(approval_id.to_owned()));
+        }
+        let control = self
+            .shared
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&row.run_id)
+            .map(|a| a.control.clone());
+        if let Some(control) = control {
+            let (ack_tx, ack_rx) = oneshot::channel();
+            let sent = control.send(Control::Decide {
+                approval_id: approval_id.to_owned(),
+                decision: decision.clone(),
+                ack: ack_tx,
+            });
+            if sent.is_ok() {
+                if let Ok(reply) = ack_rx.await {
+                    return reply;
+                }
+            }
+        }
+        // Nobody drives the run here: journal the decision; `resume` continues it.
+        let requested = self.shared.store.records(row.run_id, row.seq)?;
+        let request: payloads::ApprovalRequested = requested
+            .first()
+            .filter(|r| r.record.kind == flowai_storage::RecordKind::ApprovalRequested)
+            .and_then(|r| serde_json::from_str(&r.record.payload).ok())
+            .ok_or_else(|| EngineError::ApprovalNotFound(approval_id.to_owned()))?;
+        let partial = match (decision.outcome.as_str(), &decision.partial) {
+            ("revise", Some(v)) => Some(to_raw(v)?),
+            ("revise", None) => Some(to_raw(&Value::Null)?),
+            _ => None,
+        };
+        let decided = payloads::ApprovalDecided {
+            approval_id: approval_id.to_owned(),
+            kind: request.kind,
+            target: request.target,
+            outcome: decision.outcome.clone(),
+            feedback: decision.feedback,
+            partial,
+            origin: String::from("host"),
+        };
+        let status = match decision.outcome.as_str() {
+            "approve" => ApprovalStatus::Approved,
+            "revise" => ApprovalStatus::Revised,
+            _ => ApprovalStatus::Rejected,
+        };
+        let record = self.record_of(&decided)?;
+        let result = self
+            .shared
+            .store
+            .append(AppendRequest {
+                run: Some(RunAppend {
+                    run_id: row.run_id,
+                    expected_first_seq: None,
+                    records: vec![record],
+                }),
+                index_updates: vec![IndexUpdate::SetApprovalStatus {
+                    id: approval_id.to_owned(),
+                    status,
+                }],
+                precondition: Precondition::ApprovalPending(approval_id.to_owned()),
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(StoreError::PreconditionFailed { .. }) => {
+                Err(EngineError::ApprovalResolved(approval_id.to_owned()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn record_of<P: payloads::Payload>(&self, payload: &P) -> Result<Record, EngineError> {
+        Ok(Record {
+            kind: P::KIND,
+            version: payloads::PAYLOAD_VERSION,
+            at_ms: self.shared.clock.now_ms(),
+            payload: serde_json::to_string(payload)
+                .map_err(|e| EngineError::Internal(format!("cannot encode record: {e}")))?,
+        })
+    }
+
+    /// Cancels a run durably. A run driven here stops at its next step; a suspended
+    /// or interrupted one is cancelled in the store, its pending approvals resolved.
+    pub async fn cancel(&self, run_id: &str) -> Result<(), EngineError> {
+        let (run, info) = self.run_of_tenant(run_id)?;
+        let control = self
+            .shared
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&run)
+            .map(|a| a.control.clone());
+        if let Some(control) = control {
+            if control.send(Control::Cancel).is_ok() {
+                return Ok(());
+            }
+        }
+        match info.meta.status {
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled => {
+                return Err(EngineError::RunFinished {
+                    run: run_id.to_owned(),
+                    status: info.meta.status.as_str().to_owned(),
+                });
+            }
+            _ => {}
+        }
+        let mut records = Vec::new();
+        let mut updates = Vec::new();
+        for approval in self.shared.store.approvals_of_run(run)? {
+            if approval.status != ApprovalStatus::Pending {
+                continue;
+            }
+            let request: Option<payloads::ApprovalRequested> = self
+                .shared
+                .store
+                .records(run, approval.seq)?
+                .first()
+                .and_then(|r| serde_json::from_str(&r.record.payload).ok());
+            let (kind, target) = request.map(|r| (r.kind, r.target)).unwrap_or_default();
+            records.push(self.record_of(&payloads::ApprovalDecided {
+                approval_id: approval.id.clone(),
+                kind,
+                target,
+                outcome: String::from("cancelled"),
+                feedback: None,
+                partial: None,
+                origin: String::from("host"),
+            })?);
+            updates.push(IndexUpdate::SetApprovalStatus {
+                id: approval.id,
+                status: ApprovalStatus::Cancelled,
+            });
+        }
+        records.push(self.record_of(&payloads::RunCancelled {
+            origin: String::from("host"),
+        })?);
+        updates.push(IndexUpdate::SetRunStatus {
+            run_id: run,
+            status: RunStatus::Cancelled,
+            at_ms: self.shared.clock.now_ms(),
+        });
+        self.shared
+            .store
+            .append(AppendRequest {
+                run: Some(RunAppend {
+                    run_id: run,
+                    expected_first_seq: None,
+                    records,
+                }),
+                index_updates: updates,
+                precondition: Precondition::RunStatusIn(
+                    run,
+                    vec![RunStatus::Suspended, RunStatus::Interrupted, RunStatus::Running],
+                ),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Runs of this tenant, newest first.
+    pub fn runs(
+        &self,
+        thread_id: Option<&str>,
+        status: Option<RunStatus>,
+        limit: usize,
+    ) -> Result<Vec<RunInfo>, EngineError> {
+        Ok(self.shared.store.list_runs(&RunFilter {
+            tenant: Some(self.shared.compiled.tenant.clone()),
+            thread: thread_id.map(str::to_owned),
+            status,
+            limit,
+        })?)
+    }
+
+    pub fn run(&self, run_id: &str) -> Result<RunInfo, EngineError> {
+        Ok(self.run_of_tenant(run_id)?.1)
+    }
+
+    /// Runs that need action: interrupted ones, and suspended ones whose approval
+    /// has been decided.
+    pub fn pending(&self) -> Result<Vec<RunInfo>, EngineError> {
+        let mut out = Vec::new();
+        for status in [RunStatus::Interrupted, RunStatus::Suspended] {
+            for info in self.runs(None, Some(status), usize::MAX)? {
+                if status == RunStatus::Suspended && !info.pending_approvals.is_empty() {
+                    continue;
+                }
+                if self.is_active(info.meta.run_id) {
+                    continue;
+                }
+                out.push(info);
+            }
+        }
+        out.sort_by(|a, b| b.meta.run_id.cmp(&a.meta.run_id));
+        Ok(out)
+    }
+
+    /// A run's records from `since` (exclusive) on.
+    pub fn journal(&self, run_id: &str, since: u64) -> Result<Vec<JournalEntry>, EngineError> {
+        let (run, _) = self.run_of_tenant(run_id)?;
+        journal_entries(&self.shared.store, run, since)
+    }
+
+    /// The run's stream events, rebuilt from its journal alone.
+    pub fn replay_events(&self, run_id: &str) -> Result<Vec<Event>, EngineError> {
+        let (run, _) = self.run_of_tenant(run_id)?;
+        replay_events(&self.shared.store, run)
+    }
+
+    /// Re-drives the run against this runtime's spec and code without acting live;
+    /// the first differing command is a `NonDeterminism` error.
+    pub async fn verify(&self, run_id: &str) -> Result<(), EngineError> {
+        let (run, _) = self.run_of_tenant(run_id)?;
+        self.check_spec(run_id, run)?;
+        let recorded = self.shared.store.records(run, 1)?;
+        let journal = RunJournal::new_recorded(
+            self.shared.store.clone(),
+            run,
+            Arc::clone(&self.shared.clock),
+            DriveMode::Verify,
+            recorded,
+            EventSink::none(),
+        );
+        let driver = Driver::new(Arc::clone(&self.shared), journal, None, false);
+        driver.run(None).await.map(|_| ())
+    }
+
+    /// Creates (or refreshes) a reference of this tenant.
+    pub async fn create_reference(
+        &self,
+        kind: &str,
+        value: &Value,
+        glimpse: &Value,
+    ) -> Result<CreatedRef, EngineError> {
+        let registry = &self.shared.compiled.references;
+        let ttl_ms = registry
+            .ttl_ms(kind)
+            .ok_or_else(|| EngineError::InvalidArgument(format!("unknown reference kind: {kind}")))?;
+        if let Err(errors) = registry.validate(kind, value) {
+            return Err(EngineError::InvalidArgument(format!(
+                "schema validation failed for kind '{kind}': {}",
+                serde_json::to_string(&errors).unwrap_or_default()
+            )));
+        }
+        let tenant = &self.shared.compiled.tenant;
+        let id = flowai_storage::reference_id(tenant, kind, value)?;
+        let now = self.shared.clock.now_ms();
+        let entry = ReferenceEntry {
+            tenant: tenant.clone(),
+            kind: kind.to_owned(),
+            id: id.clone(),
+            value: value.to_string(),
+            glimpse: glimpse.to_string(),
+            created_at_ms: now,
+            expires_at_ms: ttl_ms.map(|ttl| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))),
+        };
+        self.shared
+            .store
+            .append(AppendRequest {
+                run: None,
+                index_updates: vec![IndexUpdate::PutReference(entry)],
+                precondition: Precondition::None,
+            })
+            .await?;
+        Ok(CreatedRef {
+            kind: kind.to_owned(),
+            id,
+            glimpse: glimpse.clone(),
+        })
+    }
+
+    fn reference_entry(&self, kind: &str, id: &str) -> Result<ReferenceEntry, EngineError> {
+        if self.shared.compiled.references.ttl_ms(kind).is_none() {
+            return Err(EngineError::InvalidArgument(format!("unknown reference kind: {kind}")));
+        }
+        let now = self.shared.clock.now_ms();
+        self.shared
+            .store
+            .reference(&self.shared.compiled.tenant, kind, id, now)?
+            .ok_or_else(|| {
+                EngineError::InvalidArgument(format!("reference not found: kind={kind} id={id}"))
+            })
+    }
+
+    pub fn resolve_reference(&self, kind: &str, id: &str) -> Result<Value, EngineError> {
+        let entry = self.reference_entry(kind, id)?;
+        serde_json::from_str(&entry.value)
+            .map_err(|e| EngineError::Internal(format!("stored reference is not JSON: {e}")))
+    }
+
+    pub fn reference_glimpse(&self, kind: &str, id: &str) -> Result<Value, EngineError> {
+        let entry = self.reference_entry(kind, id)?;
+        serde_json::from_str(&entry.glimpse)
+            .map_err(|e| EngineError::Internal(format!("stored glimpse is not JSON: {e}")))
+    }
+
+    /// Removes expired references; returns how many.
+    pub async fn gc(&self) -> Result<usize, EngineError> {
+        Ok(self
+            .shared
+            .store
+            .gc_references(self.shared.clock.now_ms())
+            .await?)
+    }
+
+    /// Stops the runs this runtime drives: running ones become `interrupted`, gated
+    /// ones stay `suspended`. Idempotent.
+    pub fn close(&self) -> Result<(), EngineError> {
+        if self.shared.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(());
+        }
+        let stopped: Vec<RunId> = {
+            let mut active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
+            let runs: Vec<RunId> = active.keys().copied().collect();
+            for run in &runs {
+                if let Some(entry) = active.remove(run) {
+                    if let Some(task) = entry.task {
+                        task.abort();
+                    }
+                }
+            }
+            runs
+        };
+        for run in stopped {
+            if let Some(info) = self.shared.store.run(run)? {
+                if info.meta.status == RunStatus::Running {
+                    self.shared.store.append_blocking(AppendRequest {
+                        run: None,
+                        index_updates: vec![IndexUpdate::SetRunStatus {
+                            run_id: run,
+                            status: RunStatus::Interrupted,
+                            at_ms: self.shared.clock.now_ms(),
+                        }],
+                        precondition: Precondition::RunStatusIn(run, vec![RunStatus::Running]),
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn to_raw(value: &Value) -> Result<payloads::Json, EngineError> {
+    serde_json::value::to_raw_value(value)
+        .map_err(|e| EngineError::Internal(format!("cannot encode JSON value: {e}")))
+}
+
+/// A run's records as API.md §9.2 dicts, after `since`.
+pub fn journal_entries(store: &Store, run: RunId, since: u64) -> Result<Vec<JournalEntry>, EngineError> {
+    let records = store.records(run, since.saturating_add(1))?;
+    let mut out = Vec::with_capacity(records.len());
+    for stored in records {
+        let data: Value =
+            serde_json::from_str(&stored.record.payload).map_err(|e| EngineError::CorruptPayload {
+                seq: stored.seq,
+                kind: stored.record.kind.name(),
+                reason: e.to_string(),
+            })?;
+        out.push(JournalEntry {
+            seq: stored.seq,
+            kind: stored.record.kind.name(),
+            at_ms: stored.record.at_ms,
+            data,
+        });
+    }
+    Ok(out)
+}
+
+/// A run's stream events rebuilt from its journal (no spec needed).
+pub fn replay_events(store: &Store, run: RunId) -> Result<Vec<Event>, EngineError> {
+    let mut projector = Projector::new();
+    let mut events = Vec::new();
+    let mut failure = None;
+    store.scan_records(run, 1, &mut |seq, view| {
+        match projector.project(seq, view.kind, view.payload) {
+            Ok(mut more) => {
+                events.append(&mut more);
+                std::ops::ControlFlow::Continue(())
+            }
+            Err(e) => {
+                failure = Some(e);
+                std::ops::ControlFlow::Break(())
+            }
+        }
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(events),
+    }
+}
