@@ -1,0 +1,796 @@
+//! The group-commit writer: one OS thread per writable store that drains every queued request
+//! into one write transaction, checks each request's precondition inside it, commits once and
+//! then acknowledges every request of the batch.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use redb::{ReadableTable, Table, WriteTransaction};
+use tokio::sync::oneshot;
+
+use crate::StoreError;
+use crate::keys::{
+    self, JOURNAL_KEY_LEN, RUN_KEY_LEN, STATUS_KEY_LEN, approval_of_run_key, expiry_key,
+    journal_key, memory_key, memory_prefix, ordered_i64, plan_key, reference_key, run_key,
+    runs_by_tenant_key, runs_by_thread_key, status_key,
+};
+use crate::record;
+use crate::tables::{self, ApprovalRowJson, PlanRowJson, ReferenceRowJson, RunRow};
+use crate::types::{
+    AppendAck, AppendRequest, ApprovalStatus, IndexUpdate, Precondition, RunId, RunStatus,
+};
+
+/// Most requests one transaction takes; the rest wait for the next one. Bounds the time a
+/// caller waits behind others and the memory of one transaction.
+pub(crate) const MAX_BATCH: usize = 1024;
+
+/// How long an `eventual` store may hold acknowledged commits before an fsync.
+pub(crate) const EVENTUAL_FLUSH: Duration = Duration::from_millis(100);
+
+/// Where a reply goes: a tokio oneshot for async callers, a std channel for blocking ones (so
+/// `append_blocking` never needs, or trips over, a tokio runtime).
+pub(crate) enum Reply<T> {
+    Async(oneshot::Sender<Result<T, StoreError>>),
+    Blocking(SyncSender<Result<T, StoreError>>),
+}
+
+impl<T> Reply<T> {
+    fn send(self, result: Result<T, StoreError>) {
+        // A caller that stopped waiting (dropped future) is not an error: its write stands.
+        match self {
+            Reply::Async(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Blocking(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+pub(crate) enum Msg {
+    Append(Box<AppendRequest>, Reply<AppendAck>),
+    Gc(i64, Reply<usize>),
+}
+
+/// Starts the writer thread. It stops, after draining and a final durable commit, when every
+/// sender of `rx` is gone.
+pub(crate) fn spawn(
+    db: Arc<redb::Database>,
+    rx: Receiver<Msg>,
+    label: String,
+    eventual: bool,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("flowai-store-writer".into())
+        .spawn(move || run(&db, &rx, &label, eventual))
+}
+
+fn run(db: &redb::Database, rx: &Receiver<Msg>, label: &str, eventual: bool) {
+    // Start of the oldest acknowledged but not yet fsynced commit (eventual mode only).
+    let mut unsynced_since: Option<Instant> = None;
+    loop {
+        let first = match unsynced_since {
+            None => match rx.recv() {
+                Ok(msg) => msg,
+                Err(_) => break,
+            },
+            Some(since) => {
+                let wait = (since + EVENTUAL_FLUSH).saturating_duration_since(Instant::now());
+                match rx.recv_timeout(wait) {
+                    Ok(msg) => msg,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if sync(db, label) {
+                            unsynced_since = None;
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        };
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(msg) => batch.push(msg),
+                Err(_) => break,
+            }
+        }
+        let durable =
+            !eventual || unsynced_since.is_some_and(|since| since.elapsed() >= EVENTUAL_FLUSH);
+        if commit_batch(db, batch, durable, label) {
+            if durable {
+                unsynced_since = None;
+            } else if unsynced_since.is_none() {
+                unsynced_since = Some(Instant::now());
+            }
+        }
+    }
+    if unsynced_since.is_some() {
+        sync(db, label);
+    }
+}
+
+/// An empty commit with `Immediate` durability: makes every earlier non-durable commit durable.
+fn sync(db: &redb::Database, label: &str) -> bool {
+    let result = db
+        .begin_write()
+        .map_err(redb::Error::from)
+        .and_then(|txn| txn.commit().map_err(redb::Error::from));
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(store = label, error = %e, "periodic durable commit failed; will retry");
+            false
+        }
+    }
+}
+
+enum Pending {
+    Append(Reply<AppendAck>, Result<AppendAck, StoreError>),
+    Gc(Reply<usize>, Result<usize, StoreError>),
+}
+
+/// Runs one batch in one transaction. Returns whether it committed.
+fn commit_batch(db: &redb::Database, batch: Vec<Msg>, durable: bool, label: &str) -> bool {
+    let mut txn = match db.begin_write() {
+        Ok(txn) => txn,
+        Err(e) => {
+            fail_all(batch, &StoreError::db(label, e), label);
+            return false;
+        }
+    };
+    if !durable && let Err(e) = txn.set_durability(redb::Durability::None) {
+        // Refused in the shared-reads mode; the store downgrades `eventual` there, so this is
+        // only a safety net: commit durably instead.
+        tracing::warn!(store = label, error = %e, "non-durable commit refused; committing durably");
+    }
+    let mut pending = Vec::with_capacity(batch.len());
+    let mut remaining = batch.into_iter();
+    let fatal = {
+        let mut w = Writes::new(&txn, label);
+        let mut fatal = None;
+        for msg in remaining.by_ref() {
+            match msg {
+                Msg::Append(req, reply) => match w.append(*req) {
+                    Ok(result) => pending.push(Pending::Append(reply, result)),
+                    Err(e) => {
+                        reply.send(Err(e.for_batch(label)));
+                        fatal = Some(e);
+                        break;
+                    }
+                },
+                Msg::Gc(now, reply) => match w.gc(now) {
+                    Ok(n) => pending.push(Pending::Gc(reply, Ok(n))),
+                    Err(e) => {
+                        reply.send(Err(e.for_batch(label)));
+                        fatal = Some(e);
+                        break;
+                    }
+                },
+            }
+        }
+        fatal
+    };
+    if let Some(err) = fatal {
+        // A storage error part way through leaves the transaction unusable: abort it and fail
+        // every request of the batch, including those not reached yet.
+        let _ = txn.abort();
+        fail_pending(pending, &err, label);
+        fail_all(remaining.collect(), &err, label);
+        return false;
+    }
+    match txn.commit() {
+        Ok(()) => {
+            for p in pending {
+                match p {
+                    Pending::Append(reply, result) => reply.send(result),
+                    Pending::Gc(reply, result) => reply.send(result),
+                }
+            }
+            true
+        }
+        Err(e) => {
+            let err = StoreError::db(label, e);
+            fail_pending(pending, &err, label);
+            false
+        }
+    }
+}
+
+fn fail_pending(pending: Vec<Pending>, err: &StoreError, label: &str) {
+    tracing::error!(store = label, error = %err, "write transaction failed");
+    for p in pending {
+        match p {
+            Pending::Append(reply, _) => reply.send(Err(err.for_batch(label))),
+            Pending::Gc(reply, _) => reply.send(Err(err.for_batch(label))),
+        }
+    }
+}
+
+pub(crate) fn fail_all(batch: Vec<Msg>, err: &StoreError, label: &str) {
+    for msg in batch {
+        match msg {
+            Msg::Append(_, reply) => reply.send(Err(err.for_batch(label))),
+            Msg::Gc(_, reply) => reply.send(Err(err.for_batch(label))),
+        }
+    }
+}
+
+/// Outcome of one request: the outer error fails the whole batch (storage), the inner one
+/// only this request (a check that did not hold).
+type Outcome<T> = Result<Result<T, StoreError>, StoreError>;
+
+type JournalTable<'t> = Table<'t, &'static [u8; JOURNAL_KEY_LEN], &'static [u8]>;
+type RunsTable<'t> = Table<'t, &'static [u8; RUN_KEY_LEN], &'static [u8]>;
+type BytesIndex<'t> = Table<'t, &'static [u8], ()>;
+type BytesRows<'t> = Table<'t, &'static [u8], &'static [u8]>;
+
+/// The tables of one write transaction, opened on first use: a plain append touches only
+/// the journal (and the runs row when it creates a run).
+pub(crate) struct Writes<'t> {
+    txn: &'t WriteTransaction,
+    label: &'t str,
+    journal: Option<JournalTable<'t>>,
+    runs: Option<RunsTable<'t>>,
+    runs_by_tenant: Option<BytesIndex<'t>>,
+    runs_by_thread: Option<BytesIndex<'t>>,
+    runs_by_status: Option<Table<'t, &'static [u8; STATUS_KEY_LEN], ()>>,
+    approvals: Option<Table<'t, &'static str, &'static [u8]>>,
+    approvals_by_run: Option<BytesIndex<'t>>,
+    plans: Option<BytesRows<'t>>,
+    specs: Option<Table<'t, &'static str, &'static str>>,
+    memory: Option<Table<'t, &'static [u8], &'static str>>,
+    references: Option<BytesRows<'t>>,
+    reference_expiry: Option<BytesIndex<'t>>,
+    /// Last seq per run as of the writes so far in this transaction.
+    last_seqs: HashMap<RunId, u64>,
+}
+
+macro_rules! table_getter {
+    ($name:ident, $def:expr, $k:ty, $v:ty) => {
+        fn $name(&mut self) -> Result<&mut Table<'t, $k, $v>, StoreError> {
+            let table = match self.$name.take() {
+                Some(table) => table,
+                None => self
+                    .txn
+                    .open_table($def)
+                    .map_err(|e| StoreError::db(self.label, e))?,
+            };
+            Ok(self.$name.insert(table))
+        }
+    };
+}
+
+impl<'t> Writes<'t> {
+    pub(crate) fn new(txn: &'t WriteTransaction, label: &'t str) -> Self {
+        Writes {
+            txn,
+            label,
+            journal: None,
+            runs: None,
+            runs_by_tenant: None,
+            runs_by_thread: None,
+            runs_by_status: None,
+            approvals: None,
+            approvals_by_run: None,
+            plans: None,
+            specs: None,
+            memory: None,
+            references: None,
+            reference_expiry: None,
+            last_seqs: HashMap::new(),
+        }
+    }
+
+    table_getter!(
+        journal,
+        tables::JOURNAL,
+        &'static [u8; JOURNAL_KEY_LEN],
+        &'static [u8]
+    );
+    table_getter!(
+        runs,
+        tables::RUNS,
+        &'static [u8; RUN_KEY_LEN],
+        &'static [u8]
+    );
+    table_getter!(runs_by_tenant, tables::RUNS_BY_TENANT, &'static [u8], ());
+    table_getter!(runs_by_thread, tables::RUNS_BY_THREAD, &'static [u8], ());
+    table_getter!(
+        runs_by_status,
+        tables::RUNS_BY_STATUS,
+        &'static [u8; STATUS_KEY_LEN],
+        ()
+    );
+    table_getter!(approvals, tables::APPROVALS, &'static str, &'static [u8]);
+    table_getter!(
+        approvals_by_run,
+        tables::APPROVALS_BY_RUN,
+        &'static [u8],
+        ()
+    );
+    table_getter!(plans, tables::PLANS, &'static [u8], &'static [u8]);
+    table_getter!(specs, tables::SPECS, &'static str, &'static str);
+    table_getter!(memory, tables::MEMORY, &'static [u8], &'static str);
+    table_getter!(references, tables::REFERENCES, &'static [u8], &'static [u8]);
+    table_getter!(
+        reference_expiry,
+        tables::REFERENCE_EXPIRY,
+        &'static [u8],
+        ()
+    );
+
+    fn last_seq(&mut self, run: RunId) -> Result<u64, StoreError> {
+        if let Some(seq) = self.last_seqs.get(&run) {
+            return Ok(*seq);
+        }
+        let label = self.label;
+        let journal = self.journal()?;
+        let seq = crate::store::last_seq_in(journal, run).map_err(|e| StoreError::db(label, e))?;
+        self.last_seqs.insert(run, seq);
+        Ok(seq)
+    }
+
+    fn run_row(&mut self, run: RunId) -> Result<Result<Option<RunRow>, StoreError>, StoreError> {
+        let label = self.label;
+        let runs = self.runs()?;
+        let guard = runs
+            .get(&run_key(run))
+            .map_err(|e| StoreError::db(label, e))?;
+        Ok(match guard {
+            None => Ok(None),
+            Some(g) => tables::from_json::<RunRow>(g.value())
+                .map(Some)
+                .map_err(|e| StoreError::corrupt(label, format!("runs row of run {run}"), e)),
+        })
+    }
+
+    fn approval_row(
+        &mut self,
+        id: &str,
+    ) -> Result<Result<Option<ApprovalRowJson>, StoreError>, StoreError> {
+        let label = self.label;
+        let approvals = self.approvals()?;
+        let guard = approvals.get(id).map_err(|e| StoreError::db(label, e))?;
+        Ok(match guard {
+            None => Ok(None),
+            Some(g) => tables::from_json::<ApprovalRowJson>(g.value())
+                .map(Some)
+                .map_err(|e| StoreError::corrupt(label, format!("approvals row {id:?}"), e)),
+        })
+    }
+
+    /// Checks then applies one request. Nothing of the request is written unless every check
+    /// passed, so a failed request leaves the transaction as it found it.
+    pub(crate) fn append(&mut self, req: AppendRequest) -> Outcome<AppendAck> {
+        let AppendRequest {
+            run,
+            index_updates,
+            precondition,
+        } = req;
+
+        if let Err(e) = self.check_precondition(&precondition)? {
+            return Ok(Err(e));
+        }
+
+        // Encode and number the records before writing anything.
+        let mut encoded = Vec::new();
+        let mut ack = AppendAck::default();
+        let mut run_id = None;
+        if let Some(append) = run {
+            let last = self.last_seq(append.run_id)?;
+            let first = last + 1;
+            if let Some(expected) = append.expected_first_seq
+                && expected != first
+            {
+                return Ok(Err(StoreError::SeqConflict {
+                    run: append.run_id,
+                    expected,
+                    actual: first,
+                }));
+            }
+            encoded.reserve(append.records.len());
+            for (i, rec) in append.records.into_iter().enumerate() {
+                let seq = first + i as u64;
+                match record::encode(rec) {
+                    Ok(bytes) => encoded.push((seq, bytes)),
+                    Err(e) => {
+                        return Ok(Err(StoreError::InvalidInput {
+                            what: format!("record seq {seq} of run {}: {e}", append.run_id),
+                        }));
+                    }
+                }
+            }
+            if let Some((last_seq, _)) = encoded.last() {
+                ack = AppendAck {
+                    first_seq: first,
+                    last_seq: *last_seq,
+                };
+            }
+            run_id = Some(append.run_id);
+        }
+
+        if let Err(e) = self.check_updates(&index_updates)? {
+            return Ok(Err(e));
+        }
+
+        // Every check passed: from here on only storage errors can happen, and they fail the
+        // whole batch.
+        if let Some(run) = run_id {
+            let label = self.label;
+            let journal = self.journal()?;
+            for (seq, bytes) in &encoded {
+                journal
+                    .insert(&journal_key(run, *seq), bytes.as_slice())
+                    .map_err(|e| StoreError::db(label, e))?;
+            }
+            if ack.last_seq > 0 {
+                self.last_seqs.insert(run, ack.last_seq);
+            }
+        }
+        for update in index_updates {
+            self.apply_update(update)?;
+        }
+        Ok(Ok(ack))
+    }
+
+    fn check_precondition(&mut self, pre: &Precondition) -> Outcome<()> {
+        match pre {
+            Precondition::None => Ok(Ok(())),
+            Precondition::RunAbsent(run) => {
+                let row = match self.run_row(*run)? {
+                    Ok(row) => row,
+                    Err(e) => return Ok(Err(e)),
+                };
+                if row.is_some() || self.last_seq(*run)? > 0 {
+                    Ok(Err(StoreError::RunExists { run: *run }))
+                } else {
+                    Ok(Ok(()))
+                }
+            }
+            Precondition::RunStatusIn(run, allowed) => {
+                let expected = allowed
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Ok(match self.run_row(*run)? {
+                    Err(e) => Err(e),
+                    Ok(None) => Err(StoreError::PreconditionFailed {
+                        what: format!("run {run} does not exist (expected status in [{expected}])"),
+                    }),
+                    Ok(Some(row)) if allowed.contains(&row.status) => Ok(()),
+                    Ok(Some(row)) => Err(StoreError::PreconditionFailed {
+                        what: format!(
+                            "run {run} is {}, expected status in [{expected}]",
+                            row.status
+                        ),
+                    }),
+                })
+            }
+            Precondition::ApprovalPending(id) => Ok(match self.approval_row(id)? {
+                Err(e) => Err(e),
+                Ok(None) => Err(StoreError::PreconditionFailed {
+                    what: format!("approval {id:?} does not exist"),
+                }),
+                Ok(Some(row)) if row.status == ApprovalStatus::Pending => Ok(()),
+                Ok(Some(row)) => Err(StoreError::PreconditionFailed {
+                    what: format!("approval {id:?} is {}, not pending", row.status),
+                }),
+            }),
+        }
+    }
+
+    /// The requirements of index updates (rows they change must exist, a created run must
+    /// not), taking earlier updates of the same request into account.
+    fn check_updates(&mut self, updates: &[IndexUpdate]) -> Outcome<()> {
+        let mut created_runs = HashSet::new();
+        let mut put_approvals = HashSet::new();
+        for update in updates {
+            match update {
+                IndexUpdate::CreateRun(meta) => {
+                    let exists = match self.run_row(meta.run_id)? {
+                        Ok(row) => row.is_some(),
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    if exists || !created_runs.insert(meta.run_id) {
+                        return Ok(Err(StoreError::RunExists { run: meta.run_id }));
+                    }
+                }
+                IndexUpdate::SetRunStatus { run_id, status, .. } => {
+                    if !created_runs.contains(run_id) {
+                        match self.run_row(*run_id)? {
+                            Ok(Some(_)) => {}
+                            Ok(None) => {
+                                return Ok(Err(StoreError::PreconditionFailed {
+                                    what: format!(
+                                        "cannot set run {run_id} to {status}: the run does not exist"
+                                    ),
+                                }));
+                            }
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    }
+                }
+                IndexUpdate::PutApproval(row) => {
+                    put_approvals.insert(row.id.clone());
+                }
+                IndexUpdate::SetApprovalStatus { id, status } => {
+                    if !put_approvals.contains(id) {
+                        match self.approval_row(id)? {
+                            Ok(Some(_)) => {}
+                            Ok(None) => {
+                                return Ok(Err(StoreError::PreconditionFailed {
+                                    what: format!(
+                                        "cannot set approval {id:?} to {status}: the approval does not exist"
+                                    ),
+                                }));
+                            }
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    }
+                }
+                IndexUpdate::PutPlan(_)
+                | IndexUpdate::PutSpec { .. }
+                | IndexUpdate::AppendMemory { .. }
+                | IndexUpdate::PutReference(_) => {}
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn apply_update(&mut self, update: IndexUpdate) -> Result<(), StoreError> {
+        let label = self.label;
+        let db = move |e: redb::StorageError| StoreError::db(label, e);
+        match update {
+            IndexUpdate::CreateRun(meta) => {
+                let row = tables::to_json(&RunRow::from_meta(&meta));
+                self.runs()?
+                    .insert(&run_key(meta.run_id), row.as_slice())
+                    .map_err(db)?;
+                self.index_run(meta.run_id, &meta.tenant, &meta.thread, meta.status)?;
+            }
+            IndexUpdate::SetRunStatus {
+                run_id,
+                status,
+                at_ms,
+            } => {
+                // Checked above: the row exists (possibly created earlier in this request).
+                let mut row = match self.run_row(run_id)? {
+                    Ok(Some(row)) => row,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                let old = row.status;
+                row.status = status;
+                row.updated_at_ms = at_ms;
+                let bytes = tables::to_json(&row);
+                self.runs()?
+                    .insert(&run_key(run_id), bytes.as_slice())
+                    .map_err(db)?;
+                let by_status = self.runs_by_status()?;
+                by_status
+                    .remove(&status_key(old.tag(), run_id))
+                    .map_err(db)?;
+                by_status
+                    .insert(&status_key(status.tag(), run_id), ())
+                    .map_err(db)?;
+            }
+            IndexUpdate::PutApproval(row) => {
+                if let Ok(Some(old)) = self.approval_row(&row.id)?
+                    && let Ok(old_run) = old.run_id.parse::<RunId>()
+                    && old_run != row.run_id
+                {
+                    self.approvals_by_run()?
+                        .remove(approval_of_run_key(old_run, &row.id).as_slice())
+                        .map_err(db)?;
+                }
+                let bytes = tables::to_json(&ApprovalRowJson::from_row(&row));
+                self.approvals()?
+                    .insert(row.id.as_str(), bytes.as_slice())
+                    .map_err(db)?;
+                self.approvals_by_run()?
+                    .insert(approval_of_run_key(row.run_id, &row.id).as_slice(), ())
+                    .map_err(db)?;
+            }
+            IndexUpdate::SetApprovalStatus { id, status } => {
+                let mut row = match self.approval_row(&id)? {
+                    Ok(Some(row)) => row,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                row.status = status;
+                let bytes = tables::to_json(&row);
+                self.approvals()?
+                    .insert(id.as_str(), bytes.as_slice())
+                    .map_err(db)?;
+            }
+            IndexUpdate::PutPlan(row) => {
+                let key = plan_key(&row.tenant, &row.plan_id);
+                let bytes = tables::to_json(&PlanRowJson::from_row(&row));
+                self.plans()?
+                    .insert(key.as_slice(), bytes.as_slice())
+                    .map_err(db)?;
+            }
+            IndexUpdate::PutSpec { hash, json } => {
+                let specs = self.specs()?;
+                if specs.get(hash.as_str()).map_err(db)?.is_none() {
+                    specs.insert(hash.as_str(), json.as_str()).map_err(db)?;
+                }
+            }
+            IndexUpdate::AppendMemory {
+                tenant,
+                thread,
+                agent,
+                entries,
+            } => {
+                let prefix = memory_prefix(&tenant, &thread, &agent);
+                let memory = self.memory()?;
+                let lo = memory_key(&prefix, 0);
+                let hi = memory_key(&prefix, u64::MAX);
+                let next = match memory
+                    .range(lo.as_slice()..=hi.as_slice())
+                    .map_err(db)?
+                    .next_back()
+                {
+                    Some(entry) => {
+                        let (key, _) = entry.map_err(db)?;
+                        let key = key.value();
+                        let mut idx = [0u8; 8];
+                        idx.copy_from_slice(&key[key.len() - 8..]);
+                        u64::from_be_bytes(idx) + 1
+                    }
+                    None => 0,
+                };
+                for (i, entry) in entries.iter().enumerate() {
+                    memory
+                        .insert(
+                            memory_key(&prefix, next + i as u64).as_slice(),
+                            entry.as_str(),
+                        )
+                        .map_err(db)?;
+                }
+            }
+            IndexUpdate::PutReference(entry) => {
+                let key = reference_key(&entry.tenant, &entry.kind, &entry.id);
+                let old_expiry = match self.references()?.get(key.as_slice()).map_err(db)? {
+                    Some(g) => tables::from_json::<ReferenceRowJson>(g.value())
+                        .ok()
+                        .and_then(|r| r.expires_at_ms),
+                    None => None,
+                };
+                if let Some(at) = old_expiry {
+                    self.reference_expiry()?
+                        .remove(expiry_key(at, &key).as_slice())
+                        .map_err(db)?;
+                }
+                let bytes = tables::to_json(&ReferenceRowJson::from_entry(&entry));
+                self.references()?
+                    .insert(key.as_slice(), bytes.as_slice())
+                    .map_err(db)?;
+                if let Some(at) = entry.expires_at_ms {
+                    self.reference_expiry()?
+                        .insert(expiry_key(at, &key).as_slice(), ())
+                        .map_err(db)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn index_run(
+        &mut self,
+        run: RunId,
+        tenant: &str,
+        thread: &str,
+        status: RunStatus,
+    ) -> Result<(), StoreError> {
+        let label = self.label;
+        let db = move |e: redb::StorageError| StoreError::db(label, e);
+        self.runs_by_tenant()?
+            .insert(runs_by_tenant_key(tenant, run).as_slice(), ())
+            .map_err(db)?;
+        self.runs_by_thread()?
+            .insert(runs_by_thread_key(tenant, thread, run).as_slice(), ())
+            .map_err(db)?;
+        self.runs_by_status()?
+            .insert(&status_key(status.tag(), run), ())
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Deletes every reference with `expires_at_ms <= now_ms` and returns how many.
+    pub(crate) fn gc(&mut self, now_ms: i64) -> Result<usize, StoreError> {
+        let label = self.label;
+        let db = move |e: redb::StorageError| StoreError::db(label, e);
+        // Everything strictly below the first key of `now_ms + 1` expired at or before now.
+        let end = match now_ms.checked_add(1) {
+            Some(next) => ordered_i64(next).to_vec(),
+            None => vec![0xFF; 9],
+        };
+        let expired: Vec<Vec<u8>> = {
+            let index = self.reference_expiry()?;
+            let mut keys = Vec::new();
+            for entry in index.range(..end.as_slice()).map_err(db)? {
+                let (key, _) = entry.map_err(db)?;
+                keys.push(key.value().to_vec());
+            }
+            keys
+        };
+        for key in &expired {
+            self.reference_expiry()?
+                .remove(key.as_slice())
+                .map_err(db)?;
+            self.references()?.remove(&key[8..]).map_err(db)?;
+        }
+        Ok(expired.len())
+    }
+
+    /// Marks every `running` run `interrupted`; returns the runs changed.
+    pub(crate) fn interrupt_running(&mut self, now_ms: i64) -> Result<Vec<RunId>, StoreError> {
+        let label = self.label;
+        let db = move |e: redb::StorageError| StoreError::db(label, e);
+        let running: Vec<RunId> = {
+            let by_status = self.runs_by_status()?;
+            let lo = status_key(RunStatus::Running.tag(), ulid::Ulid(0));
+            let hi = status_key(RunStatus::Running.tag(), ulid::Ulid(u128::MAX));
+            let mut runs = Vec::new();
+            for entry in by_status
+                .range::<&[u8; STATUS_KEY_LEN]>(&lo..=&hi)
+                .map_err(db)?
+            {
+                let (key, _) = entry.map_err(db)?;
+                if let Some(run) = keys::run_from_key(&key.value()[1..]) {
+                    runs.push(run);
+                }
+            }
+            runs
+        };
+        let mut changed = Vec::with_capacity(running.len());
+        for run in running {
+            match self.run_row(run)? {
+                Ok(Some(_)) => {
+                    self.apply_update(IndexUpdate::SetRunStatus {
+                        run_id: run,
+                        status: RunStatus::Interrupted,
+                        at_ms: now_ms,
+                    })?;
+                    changed.push(run);
+                }
+                Ok(None) => {
+                    // An index entry without its row: drop the stale entry.
+                    self.runs_by_status()?
+                        .remove(&status_key(RunStatus::Running.tag(), run))
+                        .map_err(db)?;
+                }
+                Err(e) => {
+                    tracing::warn!(store = label, run = %run, error = %e, "cannot read run row; left as is");
+                }
+            }
+        }
+        Ok(changed)
+    }
+}
+
+/// Creates every table so that readers never meet a missing one.
+pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
+    txn.open_table(tables::META)?;
+    txn.open_table(tables::JOURNAL)?;
+    txn.open_table(tables::RUNS)?;
+    txn.open_table(tables::RUNS_BY_TENANT)?;
+    txn.open_table(tables::RUNS_BY_THREAD)?;
+    txn.open_table(tables::RUNS_BY_STATUS)?;
+    txn.open_table(tables::APPROVALS)?;
+    txn.open_table(tables::APPROVALS_BY_RUN)?;
+    txn.open_table(tables::PLANS)?;
+    txn.open_table(tables::SPECS)?;
+    txn.open_table(tables::MEMORY)?;
+    txn.open_table(tables::REFERENCES)?;
+    txn.open_table(tables::REFERENCE_EXPIRY)?;
+    Ok(())
+}
