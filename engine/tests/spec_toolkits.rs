@@ -290,6 +290,35 @@ fn tool_arguments_are_validated() {
     );
 }
 
+#[test]
+fn recursive_host_schemas_compile() {
+    // What normalize_schema keeps for a recursive pydantic model (API.md §1.4).
+    let mut decl = host("specialist", "tree");
+    decl.input_schema = json!({
+        "type": "object",
+        "properties": {"root": {"$ref": "#/$defs/TreeNode"}},
+        "required": ["root"],
+        "$defs": {"TreeNode": {"type": "object", "title": "TreeNode",
+            "properties": {"name": {"type": "string"},
+                           "children": {"type": "array", "items": {"$ref": "#/$defs/TreeNode"}}},
+            "required": ["name"]}}
+    });
+    let c = compile(team(&[]), json!([]), &[decl]).expect("compiles");
+    let tool = c
+        .agent("specialist")
+        .expect("specialist")
+        .tool("tree")
+        .expect("tree");
+    assert_eq!(
+        tool.validate_args(&json!({"root": {"name": "a", "children": [{"name": "b"}]}})),
+        Ok(())
+    );
+    assert_eq!(
+        tool.validate_args(&json!({"root": {"name": "a", "children": [{}]}})),
+        Err("/root/children/0: \"name\" is a required property".to_owned())
+    );
+}
+
 fn describe(toolkit: Value, agent: Value) -> Result<Vec<Value>, String> {
     describe_toolkit_tools(&toolkit.to_string(), &agent.to_string())
         .map(|s| serde_json::from_str(&s).expect("JSON list"))

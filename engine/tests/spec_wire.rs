@@ -1,8 +1,11 @@
 //! The RuntimeSpec wire model (API.md §1, §10), spec hashing and redaction.
 
+use std::collections::BTreeSet;
+
 use flowai_runtime::{
     AgentRole, AgentSpec, ApprovalOverrides, ApprovalPolicies, ApprovalPolicyPatch, ApprovalRule,
-    ModelSpec, RuntimeSpec, ToolkitSpec, first_difference, redact_secrets, spec_hash,
+    HostToolDecl, InterpreterChoice, ModelSpec, RuntimeSpec, ToolkitSpec, first_difference,
+    recorded_spec, redact_secrets, spec_hash,
 };
 use serde_json::{Value, json};
 
@@ -301,4 +304,55 @@ fn redaction_removes_keys_and_header_values() {
     let mut bare = json!({"tenant": {}});
     redact_secrets(&mut bare);
     assert_eq!(bare, json!({"tenant": {}}));
+}
+
+#[test]
+fn recorded_spec_is_redacted_and_hash_sensitive() {
+    let mut spec = RuntimeSpec::from_json(FIXTURE).expect("fixture");
+    spec.providers
+        .insert("openai-compatible".into(), json!({"apiKey": "sk-live"}));
+    let tools = vec![HostToolDecl {
+        agent: "executor".into(),
+        binding_key: "search".into(),
+        name: "search".into(),
+        description: "Search.".into(),
+        input_schema: json!({"type": "object"}),
+        approval: ApprovalRule::Dynamic("search_approval".into()),
+    }];
+    let preds: BTreeSet<String> = ["search_approval".to_owned()].into();
+    let rec = recorded_spec(&spec, &tools, &preds, &InterpreterChoice::Scripted);
+    assert!(!rec.to_string().contains("sk-live"));
+    assert_eq!(
+        rec["runtimeSpec"]["providers"]["openai-compatible"]["apiKey"],
+        json!("<redacted>")
+    );
+    assert_eq!(rec["interpreter"], json!("scripted"));
+    assert_eq!(rec["predicates"], json!(["search_approval"]));
+    assert_eq!(
+        rec["hostTools"][0],
+        json!({"agent": "executor", "bindingKey": "search", "name": "search",
+               "description": "Search.", "inputSchema": {"type": "object"},
+               "approval": {"kind": "dynamic", "value": "search_approval"}})
+    );
+    let decl: HostToolDecl =
+        serde_json::from_value(rec["hostTools"][0].clone()).expect("reads back");
+    assert_eq!(decl, tools[0]);
+
+    let h = spec_hash(&rec);
+    let mock = recorded_spec(&spec, &tools, &preds, &InterpreterChoice::Mock("hi".into()));
+    assert_ne!(h, spec_hash(&mock));
+    let noop = recorded_spec(&spec, &tools, &preds, &InterpreterChoice::Noop);
+    assert_ne!(spec_hash(&noop), spec_hash(&mock));
+    // A different secret does not change the hash: it never reaches the record.
+    spec.providers
+        .insert("openai-compatible".into(), json!({"apiKey": "sk-other"}));
+    assert_eq!(
+        h,
+        spec_hash(&recorded_spec(
+            &spec,
+            &tools,
+            &preds,
+            &InterpreterChoice::Scripted
+        ))
+    );
 }

@@ -222,3 +222,15 @@ pub fn compile_spec(
         plans,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiled_spec_is_shareable_across_tasks() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<CompiledSpec>();
+        shareable::<SpecError>();
+    }
+}
