@@ -12,7 +12,11 @@ mod interpret;
 mod journal;
 mod live;
 mod plans;
+mod policy;
+pub mod providers;
 mod runtime;
+mod spec;
+mod toolkits;
 
 pub use driver::{Decision, RunEnd};
 pub use error::EngineError;
@@ -26,4 +30,15 @@ pub use journal::DriveMode;
 pub use plans::{check_dispatch_envelope, check_transition, flatten_body};
 pub use runtime::{
     CreatedRef, JournalEntry, RunStream, Runtime, RuntimeOptions, journal_entries, replay_events,
+};
+pub use spec::{
+    AgentPolicy, AgentRole, AgentSpec, AgentSpecError, ApprovalOverrides, ApprovalPolicies,
+    ApprovalPolicyPatch, ApprovalRule, BuiltinTool, BuiltinToolkit, CompiledAgent,
+    CompiledPlanSpec, CompiledReference, CompiledSpec, HostToolDecl, InterpreterChoice,
+    InterpreterError, ModelSpec, PlanDisplayAlias, PlanDisplayStatus, PlanRegistry,
+    PlanRegistryError, PlanSpec, PolicyError, REDACTED, ReferenceRegistry, ReferenceRegistryError,
+    ReferenceSpec, RuntimeSpec, SpecError, StorageFactories, StorageFactorySpec, TenantIdentity,
+    ToolEntry, ToolKind, ToolkitError, ToolkitSpec, compile_spec, describe_role_default_tools,
+    describe_toolkit_tools, first_difference, recorded_spec, redact_secrets, role_default_tools,
+    select_provider_key, spec_hash, toolkit_tools,
 };
