@@ -1,1 +1,2 @@
 //! The flowai runtime.
+pub mod providers;
