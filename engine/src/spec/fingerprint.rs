@@ -170,4 +170,30 @@ mod tests {
             Some("b")
         );
     }
+
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-5i64..5).prop_map(Value::from),
+            "[a-c]{0,2}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-c.]{1,2}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn difference_found_iff_unequal(a in arb_json(), b in arb_json()) {
+            proptest::prop_assert_eq!(first_difference(&a, &b).is_none(), a == b);
+            proptest::prop_assert_eq!(first_difference(&a, &a.clone()), None);
+            proptest::prop_assert_eq!(spec_hash(&a) == spec_hash(&b), a == b);
+        }
+    }
 }
