@@ -143,7 +143,10 @@ impl Driver {
     }
 
     /// Drives the run to its end (or, in Verify, to the end of its journal).
-    pub(crate) async fn run(mut self, start: Option<payloads::RunStarted>) -> Result<RunEnd, EngineError> {
+    pub(crate) async fn run(
+        mut self,
+        start: Option<payloads::RunStarted>,
+    ) -> Result<RunEnd, EngineError> {
         let span = tracing::info_span!("run", run_id = %self.run, tenant = %self.tenant);
         let _guard = span.enter();
         drop(_guard);
@@ -156,7 +159,10 @@ impl Driver {
         }
     }
 
-    async fn run_inner(&mut self, start: Option<payloads::RunStarted>) -> Result<RunEnd, EngineError> {
+    async fn run_inner(
+        &mut self,
+        start: Option<payloads::RunStarted>,
+    ) -> Result<RunEnd, EngineError> {
         let started = match start {
             Some(started) => {
                 let now = self.j.now_ms();
@@ -303,7 +309,9 @@ impl Driver {
             while let Ok(message) = control.try_recv() {
                 match message {
                     Control::Cancel => self.cancel_requested = true,
-                    Control::Decide { approval_id, ack, .. } => {
+                    Control::Decide {
+                        approval_id, ack, ..
+                    } => {
                         // Nothing waits for this approval any more.
                         let _ = ack.send(Err(EngineError::ApprovalResolved(approval_id)));
                     }
@@ -332,7 +340,10 @@ impl Driver {
                     if recorded.agent != agent.name || recorded.prompt != prompt {
                         return Err(self.divergence(
                             seq,
-                            format!("invoke agent {} with prompt {:?}", recorded.agent, recorded.prompt),
+                            format!(
+                                "invoke agent {} with prompt {:?}",
+                                recorded.agent, recorded.prompt
+                            ),
                             format!("invoke agent {} with prompt {:?}", agent.name, prompt),
                         ));
                     }
@@ -361,7 +372,10 @@ impl Driver {
                 match self.j.take::<payloads::MemoryLoaded>().await? {
                     Some((_, loaded)) => loaded.entries,
                     None => {
-                        let texts = self.j.store().memory(&self.tenant, &inv.thread, &agent.name)?;
+                        let texts =
+                            self.j
+                                .store()
+                                .memory(&self.tenant, &inv.thread, &agent.name)?;
                         let mut entries = Vec::with_capacity(texts.len());
                         for text in texts {
                             entries.push(RawValue::from_string(text).map_err(|e| {
@@ -385,7 +399,9 @@ impl Driver {
             };
 
             let mut conversation: Vec<Value> = vec![json!({"role": "user", "text": prompt})];
-            let outcome = self.agent_turns(&inv, prompt, &memory, &mut conversation).await?;
+            let outcome = self
+                .agent_turns(&inv, prompt, &memory, &mut conversation)
+                .await?;
             let (response, error) = match outcome {
                 Ok(response) => (response, None),
                 Err(message) => (String::new(), Some(message)),
@@ -395,7 +411,10 @@ impl Driver {
                     if recorded.error != error {
                         return Err(self.divergence(
                             seq,
-                            format!("agent {} returns error {:?}", recorded.agent, recorded.error),
+                            format!(
+                                "agent {} returns error {:?}",
+                                recorded.agent, recorded.error
+                            ),
                             format!("agent {} returns error {:?}", agent.name, error),
                         ));
                     }
@@ -441,7 +460,7 @@ impl Driver {
         conversation: &mut Vec<Value>,
     ) -> Result<Result<String, String>, EngineError> {
         let agent = inv.agent;
-        if !self.shared.interpreter.is_live() {
+        if self.shared.interpreter.is_deterministic() {
             let plan = interpret::deterministic_turn(&self.shared.interpreter, agent, prompt);
             let responded = self.deterministic_response(inv, plan).await?;
             if let Some(message) = responded.error {
@@ -468,7 +487,8 @@ impl Driver {
                 match self.j.take::<payloads::StreamEmitted>().await? {
                     Some(_) => {}
                     None => {
-                        self.j.push(&payloads::StreamEmitted { event }, Vec::new())?;
+                        self.j
+                            .push(&payloads::StreamEmitted { event }, Vec::new())?;
                     }
                 }
             }
@@ -484,7 +504,8 @@ impl Driver {
         inv: &Invocation<'_>,
         plan: TurnPlan,
     ) -> Result<payloads::ModelResponded, EngineError> {
-        let computed = plan.into_record(&inv.agent.name, &inv.invocation_id, &inv.agent.model_id)?;
+        let computed =
+            plan.into_record(&inv.agent.name, &inv.invocation_id, &inv.agent.model_id)?;
         match self.j.take::<payloads::ModelResponded>().await? {
             Some((seq, recorded)) => {
                 let same_calls = recorded.tool_calls.len() == computed.tool_calls.len()
@@ -493,7 +514,10 @@ impl Driver {
                         .iter()
                         .zip(&computed.tool_calls)
                         .all(|(a, b)| a.name == b.name && parse_raw(&a.args) == parse_raw(&b.args));
-                if !same_calls || recorded.chunks != computed.chunks || recorded.error != computed.error {
+                if !same_calls
+                    || recorded.chunks != computed.chunks
+                    || recorded.error != computed.error
+                {
                     return Err(self.divergence(
                         seq,
                         describe_turn(&recorded),
@@ -596,7 +620,14 @@ impl Driver {
         }
         let rule = agent.policy.tool_rule(&call.name).clone();
         match self
-            .gate("tool", &call.name, args, Some(call.id.clone()), &rule, &inv.thread)
+            .gate(
+                "tool",
+                &call.name,
+                args,
+                Some(call.id.clone()),
+                &rule,
+                &inv.thread,
+            )
             .await?
         {
             GateOutcome::Open => {}
@@ -619,9 +650,12 @@ impl Driver {
         }
         match &tool.kind {
             ToolKind::Host { binding_key } => {
-                self.run_host_tool(inv, call, args, call_seq, binding_key.clone()).await
+                self.run_host_tool(inv, call, args, call_seq, binding_key.clone())
+                    .await
             }
-            ToolKind::Builtin(builtin) => self.run_builtin(inv, *builtin, call, args, call_seq).await,
+            ToolKind::Builtin(builtin) => {
+                self.run_builtin(inv, *builtin, call, args, call_seq).await
+            }
         }
     }
 
@@ -642,7 +676,9 @@ impl Driver {
                 last_attempt = attempt.attempt;
             }
         }
-        if last_attempt > 0 && self.j.peek_kind() == Some(flowai_storage::RecordKind::ToolCallCompleted) {
+        if last_attempt > 0
+            && self.j.peek_kind() == Some(flowai_storage::RecordKind::ToolCallCompleted)
+        {
             // The outcome is recorded; references the handler created were recorded before it.
             return Ok(ToolOutcome::ok(Value::Null));
         }
@@ -689,7 +725,8 @@ impl Driver {
         };
         let outcome = self.shared.host.call_tool(host_call).await;
         for CreatedReference { kind, id } in outcome.created_references {
-            self.j.push(&payloads::ReferenceCreated { kind, id }, Vec::new())?;
+            self.j
+                .push(&payloads::ReferenceCreated { kind, id }, Vec::new())?;
         }
         Ok(match outcome.result {
             Ok(value) => ToolOutcome::ok(value),
@@ -717,7 +754,10 @@ impl Driver {
                         if &recorded.predicate != predicate || recorded.target != target {
                             return Err(self.divergence(
                                 seq,
-                                format!("evaluate predicate {} on {}", recorded.predicate, recorded.target),
+                                format!(
+                                    "evaluate predicate {} on {}",
+                                    recorded.predicate, recorded.target
+                                ),
                                 format!("evaluate predicate {predicate} on {target}"),
                             ));
                         }
@@ -729,7 +769,11 @@ impl Driver {
                             target: target.to_owned(),
                             tenant: self.tenant.clone(),
                         };
-                        let answer = self.shared.host.evaluate_predicate(predicate, payload, &ctx).await;
+                        let answer = self
+                            .shared
+                            .host
+                            .evaluate_predicate(predicate, payload, &ctx)
+                            .await;
                         self.j.push(
                             &payloads::PredicateEvaluated {
                                 predicate: predicate.clone(),
@@ -922,7 +966,9 @@ impl Driver {
         let now = self.j.now_ms();
         let entry = match self.j.store().reference(&self.tenant, kind, id, now) {
             Ok(Some(entry)) => entry,
-            Ok(None) => return ToolOutcome::error(format!("reference not found: kind={kind} id={id}")),
+            Ok(None) => {
+                return ToolOutcome::error(format!("reference not found: kind={kind} id={id}"));
+            }
             Err(e) => return ToolOutcome::error(format!("reference store error: {e}")),
         };
         let value: Value = serde_json::from_str(&entry.value).unwrap_or(Value::Null);
@@ -958,7 +1004,12 @@ impl Driver {
         };
         let shared = Arc::clone(&self.shared);
         let Some(sub) = shared.compiled.agents.iter().find(|a| a.name == target) else {
-            let names: Vec<&str> = shared.compiled.agents.iter().map(|a| a.name.as_str()).collect();
+            let names: Vec<&str> = shared
+                .compiled
+                .agents
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect();
             return Ok(ToolOutcome::error(format!(
                 "Unknown sub-agent '{target}'. Available agents: {}",
                 serde_json::to_string(&names).unwrap_or_default()
@@ -1016,7 +1067,10 @@ fn describe_turn(turn: &payloads::ModelResponded) -> String {
         .map(|c| format!("{}({})", c.name, c.args.get()))
         .collect();
     let text: String = turn.chunks.iter().map(|c| c.text.as_str()).collect();
-    format!("model turn with text {text:?} and tool calls [{}]", calls.join(", "))
+    format!(
+        "model turn with text {text:?} and tool calls [{}]",
+        calls.join(", ")
+    )
 }
 
 /// Removes the UI-channel keys of a returned object (API.md §2.6).

@@ -256,11 +256,13 @@ impl Projector {
                     })?);
                 } else {
                     if let Some(summaries) = &p.summaries {
-                        let list: Vec<&RawValue> = serde_json::from_str(summaries.get())
-                            .map_err(|e| EngineError::CorruptPayload {
-                                seq,
-                                kind: "ModelResponded",
-                                reason: format!("summaries: {e}"),
+                        let list: Vec<&RawValue> =
+                            serde_json::from_str(summaries.get()).map_err(|e| {
+                                EngineError::CorruptPayload {
+                                    seq,
+                                    kind: "ModelResponded",
+                                    reason: format!("summaries: {e}"),
+                                }
                             })?;
                         for s in list {
                             out.push(Event::from_json_text(s.get().to_owned()));

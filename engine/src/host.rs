@@ -79,7 +79,8 @@ pub trait Host: Send + Sync + 'static {
     /// Calls the action dispatcher with the plan's actions (list of
     /// `{kind, payload, references}`); returns its raw return value (`Null` for None)
     /// or the error text.
-    async fn dispatch_actions(&self, actions: Value, ctx: DispatchContext) -> Result<Value, String>;
+    async fn dispatch_actions(&self, actions: Value, ctx: DispatchContext)
+    -> Result<Value, String>;
 }
 
 /// A host without callbacks: no tools, no predicates, no dispatcher.

@@ -33,11 +33,11 @@ fn uuid4_from(bits: u128) -> String {
 
 impl IdSource for RandomIds {
     fn ulid(&self) -> Ulid {
-        Ulid::new()
+        Ulid::generate()
     }
 
     fn uuid4(&self) -> String {
-        uuid4_from(Ulid::new().random() ^ (Ulid::new().0 << 48))
+        uuid4_from(Ulid::generate().random() ^ (Ulid::generate().random() << 48))
     }
 }
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use flowai_storage::payloads::Payload;
 use flowai_storage::{
-    AppendRequest, Clock, IndexUpdate, Precondition, Record, RecordKind, RunAppend, RunId,
-    StoredRecord, Store,
+    AppendRequest, Clock, IndexUpdate, Precondition, Record, RecordKind, RunAppend, RunId, Store,
+    StoredRecord,
 };
 use tokio::sync::mpsc;
 
@@ -205,12 +205,13 @@ impl RunJournal {
         let Some(stored) = self.cursor.pop_front() else {
             return Ok(None);
         };
-        let payload: P =
-            serde_json::from_str(&stored.record.payload).map_err(|e| EngineError::CorruptPayload {
+        let payload: P = serde_json::from_str(&stored.record.payload).map_err(|e| {
+            EngineError::CorruptPayload {
                 seq: stored.seq,
                 kind: P::KIND.name(),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         let events =
             self.projector
                 .project(stored.seq, stored.record.kind, &stored.record.payload)?;
@@ -295,7 +296,9 @@ impl RunJournal {
         self.store.append(request).await?;
         for (offset, p) in pending.into_iter().enumerate() {
             let seq = first_seq + offset as u64;
-            let events = self.projector.project(seq, p.record.kind, &p.record.payload)?;
+            let events = self
+                .projector
+                .project(seq, p.record.kind, &p.record.payload)?;
             for event in events.into_iter().skip(p.already_emitted) {
                 self.sink.send(event).await;
             }

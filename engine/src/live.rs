@@ -51,7 +51,7 @@ pub(crate) fn build_clients(
     env: &(dyn Fn(&str) -> Option<String> + Send + Sync),
 ) -> Result<BTreeMap<String, Arc<dyn ModelClient>>, EngineError> {
     let mut clients = BTreeMap::new();
-    if !interpreter.is_live() {
+    if interpreter.is_deterministic() {
         return Ok(clients);
     }
     for agent in &compiled.agents {
@@ -90,7 +90,11 @@ fn memory_messages(memory: &[Json]) -> Vec<ChatMessage> {
         let Ok(value) = serde_json::from_str::<Value>(entry.get()) else {
             continue;
         };
-        let text = value.get("text").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let text = value
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         match value.get("role").and_then(Value::as_str) {
             Some("user") => messages.push(ChatMessage::User { text }),
             Some("assistant") => messages.push(ChatMessage::Assistant {
@@ -105,7 +109,11 @@ fn memory_messages(memory: &[Json]) -> Vec<ChatMessage> {
     messages
 }
 
-fn summaries(agent: &CompiledAgent, response: &ModelResponse, usage: &UsageRecord) -> Result<Json, EngineError> {
+fn summaries(
+    agent: &CompiledAgent,
+    response: &ModelResponse,
+    usage: &UsageRecord,
+) -> Result<Json, EngineError> {
     let cost = json!({
         "type": "data-cost-summary",
         "data": {
@@ -213,7 +221,9 @@ async fn call_live(
 ) -> Result<payloads::ModelResponded, EngineError> {
     driver.journal().flush().await?;
     driver
-        .emit(Event::from_json_text(String::from("{\"type\":\"step-start\"}")))
+        .emit(Event::from_json_text(String::from(
+            "{\"type\":\"step-start\"}",
+        )))
         .await;
     let (tx, mut rx) = mpsc::unbounded_channel::<Chunk>();
     let mut emitted = 1usize;
@@ -292,7 +302,12 @@ pub(crate) async fn agent_turns(
     loop {
         if turn >= max_calls {
             let event = finish_event_json("length", &UsageRecord::default());
-            if driver.journal().take::<payloads::StreamEmitted>().await?.is_none() {
+            if driver
+                .journal()
+                .take::<payloads::StreamEmitted>()
+                .await?
+                .is_none()
+            {
                 driver
                     .journal()
                     .push(&payloads::StreamEmitted { event }, Vec::new())?;
@@ -313,7 +328,10 @@ pub(crate) async fn agent_turns(
                 if recorded.request_hash != hash {
                     return Err(driver.nondeterminism(
                         seq,
-                        format!("model request {} to {}", recorded.request_hash, recorded.model),
+                        format!(
+                            "model request {} to {}",
+                            recorded.request_hash, recorded.model
+                        ),
                         format!("model request {hash} to {}", agent.model_id),
                     ));
                 }

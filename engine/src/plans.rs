@@ -16,9 +16,6 @@ use crate::host::DispatchContext;
 use crate::ids::rfc3339_ms;
 use crate::spec::BuiltinTool;
 
-/// Plan statuses, in lifecycle order.
-pub const PLAN_STATUSES: [&str; 5] = ["draft", "approved", "executing", "executed", "failed"];
-
 /// The plan lifecycle as a transition table: anything not listed is an error.
 const TRANSITIONS: [(&str, &str); 4] = [
     ("draft", "approved"),
@@ -39,7 +36,9 @@ pub fn check_transition(from: &str, to: &str) -> Result<(), String> {
         .iter()
         .find(|(_, target)| *target == to)
         .map_or("none", |(source, _)| *source);
-    Err(format!("invalid transition: expected {expected}, got {from}"))
+    Err(format!(
+        "invalid transition: expected {expected}, got {from}"
+    ))
 }
 
 /// Flattens and validates a planner body into stored actions and context (§5.3).
@@ -50,7 +49,9 @@ pub fn flatten_body(spec_name: &str, body: &Value) -> Result<(Vec<Value>, Value)
         ));
     };
     let Some(actions) = actions.as_array() else {
-        return Err(format!("`actions` for spec '{spec_name}' must be a JSON array"));
+        return Err(format!(
+            "`actions` for spec '{spec_name}' must be a JSON array"
+        ));
     };
     if actions.is_empty() {
         return Err(format!(
@@ -59,12 +60,15 @@ pub fn flatten_body(spec_name: &str, body: &Value) -> Result<(Vec<Value>, Value)
     }
     let mut stored = Vec::with_capacity(actions.len());
     for (index, action) in actions.iter().enumerate() {
-        let fail = |why: String| format!("action #{index} for spec '{spec_name}' failed to decode: {why}");
+        let fail =
+            |why: String| format!("action #{index} for spec '{spec_name}' failed to decode: {why}");
         let Some(object) = action.as_object() else {
             return Err(fail(String::from("action must be a JSON object")));
         };
         let Some(kind) = object.get("kind").and_then(Value::as_str) else {
-            return Err(fail(String::from("action is missing required string field `kind`")));
+            return Err(fail(String::from(
+                "action is missing required string field `kind`",
+            )));
         };
         let references = match object.get("references") {
             None | Some(Value::Null) => Vec::new(),
@@ -143,11 +147,17 @@ pub fn check_dispatch_envelope(value: &Value) -> Result<(u64, Value, Value), Str
             "action_dispatcher field `summary` must be a string or null",
         ));
     }
-    Ok((entities, summary, object.get("details").cloned().unwrap_or(Value::Null)))
+    Ok((
+        entities,
+        summary,
+        object.get("details").cloned().unwrap_or(Value::Null),
+    ))
 }
 
 fn status_of(plan: &Value) -> &str {
-    plan.get("status").and_then(Value::as_str).unwrap_or("draft")
+    plan.get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("draft")
 }
 
 pub(crate) async fn run_plan_tool(
@@ -206,10 +216,12 @@ async fn store_plan(driver: &mut Driver, args: &Value) -> Result<ToolOutcome, En
         return Ok(ToolOutcome::error("Invalid input: missing field `body`"));
     };
     let plans = &driver.shared().compiled.plans;
-    if !plans.contains(&spec_name) {
-        return Ok(ToolOutcome::error(format!("unknown plan spec: {spec_name}")));
-    }
-    if let Err(errors) = plans.validate(&spec_name, body) {
+    let Some(plan_spec) = plans.get(&spec_name) else {
+        return Ok(ToolOutcome::error(format!(
+            "unknown plan spec: {spec_name}"
+        )));
+    };
+    if let Err(errors) = plan_spec.validate(body) {
         return Ok(ToolOutcome::error(format!(
             "schema validation failed for spec '{spec_name}': {}",
             serde_json::to_string(&errors).unwrap_or_default()
@@ -219,22 +231,31 @@ async fn store_plan(driver: &mut Driver, args: &Value) -> Result<ToolOutcome, En
         Ok(flat) => flat,
         Err(message) => return Ok(ToolOutcome::error(message)),
     };
+    let tenant = driver.tenant().to_owned();
     let previous = match driver.plans.get(&plan_id) {
         Some(plan) => Some((plan.clone(), 0)),
         None => driver
             .journal()
             .store()
-            .plan(driver.tenant(), &plan_id)?
-            .map(|row| (serde_json::from_str(&row.body).unwrap_or(Value::Null), row.version)),
+            .plan(&tenant, &plan_id)?
+            .map(|row| {
+                (
+                    serde_json::from_str(&row.body).unwrap_or(Value::Null),
+                    row.version,
+                )
+            }),
     };
     if let Some((plan, _)) = &previous {
         if status_of(plan) == "executing" {
             return Ok(ToolOutcome::error(format!("plan {plan_id} is executing")));
         }
     }
-    let version = previous
-        .as_ref()
-        .map_or(1, |(plan, version)| plan.get("version").and_then(Value::as_u64).unwrap_or(*version) + 1);
+    let version = previous.as_ref().map_or(1, |(plan, version)| {
+        plan.get("version")
+            .and_then(Value::as_u64)
+            .unwrap_or(*version)
+            + 1
+    });
     let now = rfc3339_ms(driver.journal().now_ms());
     let plan = json!({
         "id": plan_id, "owner": driver.tenant(), "actions": actions, "status": "draft",
@@ -268,7 +289,8 @@ fn get_plan(driver: &mut Driver, args: &Value) -> ToolOutcome {
     if let Some(plan) = driver.plans.get(plan_id) {
         return ToolOutcome::ok(plan.clone());
     }
-    match driver.journal().store().plan(driver.tenant(), plan_id) {
+    let tenant = driver.tenant().to_owned();
+    match driver.journal().store().plan(&tenant, plan_id) {
         Ok(Some(row)) => ToolOutcome::ok(serde_json::from_str(&row.body).unwrap_or(Value::Null)),
         Ok(None) => ToolOutcome::ok(Value::Null),
         Err(e) => ToolOutcome::error(format!("plan store error: {e}")),
@@ -283,7 +305,11 @@ async fn transition(
     emit: bool,
     outcome: Option<Value>,
 ) -> Result<Value, EngineError> {
-    if let Some((seq, recorded)) = driver.journal().take::<payloads::PlanTransitioned>().await? {
+    if let Some((seq, recorded)) = driver
+        .journal()
+        .take::<payloads::PlanTransitioned>()
+        .await?
+    {
         if recorded.plan_id != plan_id || recorded.to != to {
             return Err(driver.nondeterminism(
                 seq,
@@ -355,7 +381,8 @@ fn plan_status(driver: &mut Driver, plan_id: &str) -> Result<Option<String>, Eng
             _ => None,
         });
     }
-    match driver.journal().store().plan(driver.tenant(), plan_id)? {
+    let tenant = driver.tenant().to_owned();
+    match driver.journal().store().plan(&tenant, plan_id)? {
         Some(row) => {
             let plan: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
             let status = status_of(&plan).to_owned();
@@ -398,7 +425,14 @@ async fn execute_plan(
             let plan = driver.plans.get(&plan_id).cloned().unwrap_or(Value::Null);
             let rule = inv.agent.policy.plan_rule().clone();
             let gate = driver
-                .gate("plan", &plan_id, &plan, Some(plan_id.clone()), &rule, &inv.thread)
+                .gate(
+                    "plan",
+                    &plan_id,
+                    &plan,
+                    Some(plan_id.clone()),
+                    &rule,
+                    &inv.thread,
+                )
                 .await?;
             match gate {
                 GateOutcome::Open => {
@@ -466,15 +500,28 @@ async fn execute_approved(
             let mut missing = None;
             let now = driver.journal().now_ms();
             'outer: for action in actions.as_array().into_iter().flatten() {
-                for reference in action.get("references").and_then(Value::as_array).into_iter().flatten() {
-                    let kind = reference.get("kind").and_then(Value::as_str).unwrap_or_default();
-                    let id = reference.get("id").and_then(Value::as_str).unwrap_or_default();
+                for reference in action
+                    .get("references")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let kind = reference
+                        .get("kind")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let id = reference
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
                     if !seen.insert((kind.to_owned(), id.to_owned())) {
                         continue;
                     }
-                    match driver.journal().store().reference(driver.tenant(), kind, id, now)? {
+                    let tenant = driver.tenant().to_owned();
+                    match driver.journal().store().reference(&tenant, kind, id, now)? {
                         Some(entry) => {
-                            let value: Value = serde_json::from_str(&entry.value).unwrap_or(Value::Null);
+                            let value: Value =
+                                serde_json::from_str(&entry.value).unwrap_or(Value::Null);
                             resolved
                                 .entry(kind.to_owned())
                                 .or_insert_with(|| Value::Object(Map::new()))
@@ -513,7 +560,10 @@ async fn execute_approved(
         .await?;
         return Ok(ToolOutcome::error(format!("Dispatch failed: {message}")));
     }
-    let resolved_refs = hydrated.resolved.as_deref().map_or_else(|| json!({}), parse_raw);
+    let resolved_refs = hydrated
+        .resolved
+        .as_deref()
+        .map_or_else(|| json!({}), parse_raw);
 
     // Dispatch as attempts: durable before the dispatcher runs.
     let idempotency_key = format!("{}:{plan_id}:{executing_seq}", driver.run_id_text());
@@ -523,7 +573,11 @@ async fn execute_approved(
             last_attempt = started.attempt;
         }
     }
-    let dispatched = match driver.journal().take::<payloads::ActionsDispatched>().await? {
+    let dispatched = match driver
+        .journal()
+        .take::<payloads::ActionsDispatched>()
+        .await?
+    {
         Some((_, recorded)) => recorded,
         None => {
             let attempt = last_attempt + 1;
@@ -628,7 +682,9 @@ mod tests {
         assert!(check_transition("executing", "failed").is_ok());
         assert_eq!(
             check_transition("draft", "executing"),
-            Err(String::from("invalid transition: expected approved, got draft"))
+            Err(String::from(
+                "invalid transition: expected approved, got draft"
+            ))
         );
         assert_eq!(
             check_transition("executed", "failed"),
@@ -642,11 +698,14 @@ mod tests {
         let (actions, context) = flatten_body("S", &body).expect("valid body");
         assert_eq!(
             actions,
-            vec![json!({"kind":"price_change","payload":{"product_id":"p-1","new_price":9.99},"references":[]})]
+            vec![
+                json!({"kind":"price_change","payload":{"product_id":"p-1","new_price":9.99},"references":[]})
+            ]
         );
         assert_eq!(context, json!({"rationale":"test"}));
         // Canonical form nests the payload once more (documented quirk).
-        let (actions, _) = flatten_body("S", &json!({"actions":[{"kind":"k","payload":{"a":1}}]})).expect("valid");
+        let (actions, _) =
+            flatten_body("S", &json!({"actions":[{"kind":"k","payload":{"a":1}}]})).expect("valid");
         assert_eq!(actions[0]["payload"], json!({"payload":{"a":1}}));
     }
 
@@ -654,7 +713,9 @@ mod tests {
     fn flattening_errors() {
         assert_eq!(
             flatten_body("S", &json!({})),
-            Err(String::from("planner output for spec 'S' is missing the required `actions` field"))
+            Err(String::from(
+                "planner output for spec 'S' is missing the required `actions` field"
+            ))
         );
         assert_eq!(
             flatten_body("S", &json!({"actions": {}})),
@@ -662,11 +723,15 @@ mod tests {
         );
         assert_eq!(
             flatten_body("S", &json!({"actions": []})),
-            Err(String::from("planner output for spec 'S' produced an empty action sequence"))
+            Err(String::from(
+                "planner output for spec 'S' produced an empty action sequence"
+            ))
         );
         assert_eq!(
             flatten_body("S", &json!({"actions": [1]})),
-            Err(String::from("action #0 for spec 'S' failed to decode: action must be a JSON object"))
+            Err(String::from(
+                "action #0 for spec 'S' failed to decode: action must be a JSON object"
+            ))
         );
         assert_eq!(
             flatten_body("S", &json!({"actions": [{"x": 1}]})),
@@ -678,25 +743,39 @@ mod tests {
 
     #[test]
     fn dispatch_envelopes() {
-        assert_eq!(check_dispatch_envelope(&Value::Null), Ok((0, Value::Null, Value::Null)));
-        assert!(check_dispatch_envelope(&json!(3)).is_err_and(|e| e.contains("optional `details`")));
+        assert_eq!(
+            check_dispatch_envelope(&Value::Null),
+            Ok((0, Value::Null, Value::Null))
+        );
+        assert!(
+            check_dispatch_envelope(&json!(3)).is_err_and(|e| e.contains("optional `details`"))
+        );
         assert_eq!(
             check_dispatch_envelope(&json!({"entitiesAffected": 1, "extra": 2})),
             Err(String::from(
                 "action_dispatcher returned unexpected field `extra`; put domain-specific data under `details`"
             ))
         );
-        assert!(check_dispatch_envelope(&json!({})).is_err_and(|e| e.contains("as a non-negative integer")));
+        assert!(
+            check_dispatch_envelope(&json!({}))
+                .is_err_and(|e| e.contains("as a non-negative integer"))
+        );
         assert_eq!(
             check_dispatch_envelope(&json!({"entitiesAffected": -1})),
-            Err(String::from("action_dispatcher field `entitiesAffected` must be a non-negative integer"))
+            Err(String::from(
+                "action_dispatcher field `entitiesAffected` must be a non-negative integer"
+            ))
         );
         assert_eq!(
             check_dispatch_envelope(&json!({"entitiesAffected": 1, "summary": 3})),
-            Err(String::from("action_dispatcher field `summary` must be a string or null"))
+            Err(String::from(
+                "action_dispatcher field `summary` must be a string or null"
+            ))
         );
         assert_eq!(
-            check_dispatch_envelope(&json!({"entitiesAffected": 2, "summary": "ok", "details": [1]})),
+            check_dispatch_envelope(
+                &json!({"entitiesAffected": 2, "summary": "ok", "details": [1]})
+            ),
             Ok((2, json!("ok"), json!([1])))
         );
     }

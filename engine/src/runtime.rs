@@ -146,43 +146,15 @@ fn parse_run_id(run_id: &str) -> Result<RunId, EngineError> {
         .map_err(|_| EngineError::RunNotFound(run_id.to_owned()))
 }
 
-/// The exact input the engine was built from, with secrets removed (DESIGN.md §5).
-fn recorded_spec(
-    spec: &RuntimeSpec,
-    host_tools: &[HostToolDecl],
-    predicates: &BTreeSet<String>,
-    interpreter: &InterpreterChoice,
-) -> Result<Value, EngineError> {
-    let mut wire = serde_json::to_value(spec)
-        .map_err(|e| EngineError::Internal(format!("cannot encode spec: {e}")))?;
-    spec::redact_secrets(&mut wire);
-    let tools: Vec<Value> = host_tools
-        .iter()
-        .map(|t| {
-            json!({
-                "agent": t.agent, "bindingKey": t.binding_key, "name": t.name,
-                "description": t.description, "inputSchema": t.input_schema,
-                "approval": serde_json::to_value(&t.approval).unwrap_or(Value::Null),
-            })
-        })
-        .collect();
-    Ok(json!({
-        "spec": wire,
-        "hostTools": tools,
-        "predicates": predicates.iter().collect::<Vec<_>>(),
-        "interpreter": interpreter.name(),
-    }))
-}
-
 impl Runtime {
     /// Validates and compiles the spec, and prepares the providers the agents use.
     pub fn new(options: RuntimeOptions) -> Result<Runtime, EngineError> {
-        let recorded = recorded_spec(
+        let recorded = spec::recorded_spec(
             &options.spec,
             &options.host_tools,
             &options.predicates,
             &options.interpreter,
-        )?;
+        );
         let spec_hash = spec::spec_hash(&recorded);
         let compiled = spec::compile_spec(
             options.spec,
@@ -224,7 +196,11 @@ impl Runtime {
     }
 
     fn check_open(&self) -> Result<(), EngineError> {
-        if self.shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if self
+            .shared
+            .closed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
             return Err(EngineError::Closed);
         }
         Ok(())
@@ -274,9 +250,9 @@ impl Runtime {
         self.check_open()?;
         let run = match run_id {
             Some(text) => {
-                let run = text
-                    .parse::<RunId>()
-                    .map_err(|_| EngineError::InvalidArgument(format!("run_id must be a ULID: {text}")))?;
+                let run = text.parse::<RunId>().map_err(|_| {
+                    EngineError::InvalidArgument(format!("run_id must be a ULID: {text}"))
+                })?;
                 if self.shared.store.run(run)?.is_some() {
                     return Err(EngineError::RunExists(text.to_owned()));
                 }
@@ -291,7 +267,7 @@ impl Runtime {
             entry: entry.to_owned(),
             prompt: prompt.to_owned(),
             spec_hash: self.shared.spec_hash.clone(),
-            interpreter: self.shared.interpreter.name().to_owned(),
+            interpreter: self.shared.interpreter.as_str().to_owned(),
             parent: None,
         };
         Ok(self.stream_for(run, DriveMode::Live, Vec::new(), Some(started)))
@@ -382,10 +358,12 @@ impl Runtime {
             return Err(EngineError::RunNotFound(run_id.to_owned()));
         };
         let started: payloads::RunStarted =
-            serde_json::from_str(&first.record.payload).map_err(|e| EngineError::CorruptPayload {
-                seq: first.seq,
-                kind: "RunStarted",
-                reason: e.to_string(),
+            serde_json::from_str(&first.record.payload).map_err(|e| {
+                EngineError::CorruptPayload {
+                    seq: first.seq,
+                    kind: "RunStarted",
+                    reason: e.to_string(),
+                }
             })?;
         if started.spec_hash == self.shared.spec_hash {
             return Ok(());
@@ -611,7 +589,11 @@ impl Runtime {
                 index_updates: updates,
                 precondition: Precondition::RunStatusIn(
                     run,
-                    vec![RunStatus::Suspended, RunStatus::Interrupted, RunStatus::Running],
+                    vec![
+                        RunStatus::Suspended,
+                        RunStatus::Interrupted,
+                        RunStatus::Running,
+                    ],
                 ),
             })
             .await?;
@@ -693,11 +675,11 @@ impl Runtime {
         value: &Value,
         glimpse: &Value,
     ) -> Result<CreatedRef, EngineError> {
-        let registry = &self.shared.compiled.references;
-        let ttl_ms = registry
-            .ttl_ms(kind)
-            .ok_or_else(|| EngineError::InvalidArgument(format!("unknown reference kind: {kind}")))?;
-        if let Err(errors) = registry.validate(kind, value) {
+        let compiled = self.shared.compiled.references.get(kind).ok_or_else(|| {
+            EngineError::InvalidArgument(format!("unknown reference kind: {kind}"))
+        })?;
+        let ttl_ms = compiled.ttl_ms;
+        if let Err(errors) = compiled.validate(value) {
             return Err(EngineError::InvalidArgument(format!(
                 "schema validation failed for kind '{kind}': {}",
                 serde_json::to_string(&errors).unwrap_or_default()
@@ -713,7 +695,8 @@ impl Runtime {
             value: value.to_string(),
             glimpse: glimpse.to_string(),
             created_at_ms: now,
-            expires_at_ms: ttl_ms.map(|ttl| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))),
+            expires_at_ms: ttl_ms
+                .map(|ttl| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))),
         };
         self.shared
             .store
@@ -731,8 +714,10 @@ impl Runtime {
     }
 
     fn reference_entry(&self, kind: &str, id: &str) -> Result<ReferenceEntry, EngineError> {
-        if self.shared.compiled.references.ttl_ms(kind).is_none() {
-            return Err(EngineError::InvalidArgument(format!("unknown reference kind: {kind}")));
+        if !self.shared.compiled.references.contains(kind) {
+            return Err(EngineError::InvalidArgument(format!(
+                "unknown reference kind: {kind}"
+            )));
         }
         let now = self.shared.clock.now_ms();
         self.shared
@@ -767,7 +752,11 @@ impl Runtime {
     /// Stops the runs this runtime drives: running ones become `interrupted`, gated
     /// ones stay `suspended`. Idempotent.
     pub fn close(&self) -> Result<(), EngineError> {
-        if self.shared.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if self
+            .shared
+            .closed
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             return Ok(());
         }
         let stopped: Vec<RunId> = {
@@ -807,16 +796,21 @@ fn to_raw(value: &Value) -> Result<payloads::Json, EngineError> {
 }
 
 /// A run's records as API.md §9.2 dicts, after `since`.
-pub fn journal_entries(store: &Store, run: RunId, since: u64) -> Result<Vec<JournalEntry>, EngineError> {
+pub fn journal_entries(
+    store: &Store,
+    run: RunId,
+    since: u64,
+) -> Result<Vec<JournalEntry>, EngineError> {
     let records = store.records(run, since.saturating_add(1))?;
     let mut out = Vec::with_capacity(records.len());
     for stored in records {
-        let data: Value =
-            serde_json::from_str(&stored.record.payload).map_err(|e| EngineError::CorruptPayload {
+        let data: Value = serde_json::from_str(&stored.record.payload).map_err(|e| {
+            EngineError::CorruptPayload {
                 seq: stored.seq,
                 kind: stored.record.kind.name(),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         out.push(JournalEntry {
             seq: stored.seq,
             kind: stored.record.kind.name(),
@@ -832,16 +826,18 @@ pub fn replay_events(store: &Store, run: RunId) -> Result<Vec<Event>, EngineErro
     let mut projector = Projector::new();
     let mut events = Vec::new();
     let mut failure = None;
-    store.scan_records(run, 1, &mut |seq, view| {
-        match projector.project(seq, view.kind, view.payload) {
-            Ok(mut more) => {
-                events.append(&mut more);
-                std::ops::ControlFlow::Continue(())
-            }
-            Err(e) => {
-                failure = Some(e);
-                std::ops::ControlFlow::Break(())
-            }
+    store.scan_records(run, 1, &mut |seq, view| match projector.project(
+        seq,
+        view.kind,
+        view.payload,
+    ) {
+        Ok(mut more) => {
+            events.append(&mut more);
+            std::ops::ControlFlow::Continue(())
+        }
+        Err(e) => {
+            failure = Some(e);
+            std::ops::ControlFlow::Break(())
         }
     })?;
     match failure {

@@ -54,6 +54,7 @@
 mod clock;
 mod error;
 mod keys;
+pub mod payloads;
 mod record;
 mod reference;
 mod store;

@@ -1,0 +1,322 @@
+//! End-to-end runs through the driver with a Rust test host (API.md §3, §4, §5.1, §5.7).
+
+mod support;
+
+use flowai_runtime::InterpreterChoice;
+use flowai_storage::{RunStatus, Store};
+use serde_json::{Value, json};
+use support::*;
+
+fn coordinator_spec() -> Value {
+    spec(
+        "acme",
+        vec![
+            agent("coordinator", "coordinator", &["planner", "specialist"]),
+            agent("planner", "planner", &[]),
+            agent("specialist", "specialist", &[]),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn noop_query_yields_agent_bracket_and_one_turn() {
+    let built = build(
+        coordinator_spec(),
+        vec![],
+        TestHost::new(),
+        Store::in_memory().unwrap(),
+        InterpreterChoice::Noop,
+    )
+    .unwrap();
+    let mut stream = built.runtime.query("hello", "t1", None).unwrap();
+    let events = collect(&mut stream).await;
+    assert_eq!(
+        types(&events),
+        [
+            "tool-agent:call",
+            "step-start",
+            "finish",
+            "tool-agent:result"
+        ]
+    );
+    assert_eq!(events[0]["agentName"], "coordinator");
+    assert!(
+        events[0]["toolInvocationId"]
+            .as_str()
+            .unwrap()
+            .starts_with("inv-")
+    );
+    assert_eq!(events[2]["finishReason"], "stop");
+    assert_eq!(events[2]["usage"]["totalTokens"], 0);
+    let info = built.runtime.run(stream.run_id()).unwrap();
+    assert_eq!(info.meta.status, RunStatus::Completed);
+}
+
+#[tokio::test]
+async fn mock_response_is_one_text_event() {
+    let built = build(
+        coordinator_spec(),
+        vec![],
+        TestHost::new(),
+        Store::in_memory().unwrap(),
+        InterpreterChoice::Mock(String::from("canned")),
+    )
+    .unwrap();
+    let mut stream = built.runtime.query("hi", "t1", None).unwrap();
+    let events = collect(&mut stream).await;
+    assert_eq!(
+        types(&events),
+        [
+            "tool-agent:call",
+            "step-start",
+            "text",
+            "finish",
+            "tool-agent:result"
+        ]
+    );
+    assert_eq!(events[2]["text"], "canned");
+}
+
+#[tokio::test]
+async fn scripted_specialist_calls_host_tool_once_per_call() {
+    let host = TestHost::new().handler("search", |args| Ok(json!({"hits": [args["q"].clone()]})));
+    let built = build(
+        coordinator_spec(),
+        vec![host_tool(
+            "specialist",
+            "search",
+            json!({"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}),
+            json!({"kind": "never"}),
+        )],
+        host.clone(),
+        Store::in_memory().unwrap(),
+        InterpreterChoice::Scripted,
+    )
+    .unwrap();
+    let prompt = r#"{"script": [{"tool": "search", "args": {"q": "a"}}, {"tool": "search", "args": {"q": 5}}, {"tool": "nope"}]}"#;
+    let mut stream = built
+        .runtime
+        .run_specialist("specialist", prompt, Some("t1"), None)
+        .unwrap();
+    let events = collect(&mut stream).await;
+    assert_eq!(
+        types(&events),
+        [
+            "tool-agent:call",
+            "step-start",
+            "tool-invocation:call",
+            "tool-invocation:result",
+            "text",
+            "tool-invocation:call",
+            "tool-invocation:result",
+            "tool-invocation:call",
+            "tool-invocation:result",
+            "finish",
+            "tool-agent:result"
+        ]
+    );
+    assert_eq!(events[2]["toolInvocationId"], "scripted-tool-1");
+    assert_eq!(events[3]["result"], json!({"hits": ["a"]}));
+    assert_eq!(events[4]["text"], r#"{"hits":["a"]}"#);
+    assert!(
+        events[6]["result"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid input: ")
+    );
+    assert_eq!(events[8]["result"], json!({"error": "Unknown tool: nope"}));
+    assert_eq!(
+        host.tool_call_count(),
+        1,
+        "invalid input never reaches the handler"
+    );
+    let calls = host.tool_calls.lock().unwrap().clone();
+    assert_eq!(calls[0].2, format!("{}:{}", stream.run_id(), 4));
+    assert_eq!(calls[0].3, 1);
+}
+
+#[tokio::test]
+async fn request_level_errors_are_single_error_events() {
+    let no_coordinator = spec("acme", vec![agent("solo", "specialist", &[])]);
+    let built = build(
+        no_coordinator,
+        vec![],
+        TestHost::new(),
+        Store::in_memory().unwrap(),
+        InterpreterChoice::Noop,
+    )
+    .unwrap();
+    let events = collect(&mut built.runtime.query("x", "t", None).unwrap()).await;
+    assert_eq!(
+        events,
+        vec![
+            json!({"type": "error", "error": {"message": "no coordinator agent registered in the spec"}})
+        ]
+    );
+    let events = collect(
+        &mut built
+            .runtime
+            .run_specialist("ghost", "x", None, None)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        events[0]["error"]["message"],
+        "specialist 'ghost' not found"
+    );
+    let built = build(
+        coordinator_spec(),
+        vec![],
+        TestHost::new(),
+        Store::in_memory().unwrap(),
+        InterpreterChoice::Noop,
+    )
+    .unwrap();
+    let events = collect(
+        &mut built
+            .runtime
+            .run_specialist("planner", "x", None, None)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0]["error"]["message"],
+        "agent 'planner' is not a specialist"
+    );
+}
+
+#[tokio::test]
+async fn scripted_without_tools_fails_the_agent() {
+    let built = build(
+        coordinator_spec(),
+        vec![],
+        TestHost::new(),
+        Store::in_memory().unwrap(),
+        InterpreterChoice::Scripted,
+    )
+    .unwrap();
+    let events = collect(
+        &mut built
+            .runtime
+            .run_specialist("specialist", r#"{"tool": "x"}"#, None, None)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        types(&events),
+        ["tool-agent:call", "step-start", "error", "error"]
+    );
+    assert_eq!(
+        events[2]["error"]["message"],
+        "scripted interpreter has no dispatcher"
+    );
+    assert_eq!(
+        events[3]["error"]["message"],
+        "agent failed: scripted interpreter has no dispatcher"
+    );
+}
+
+#[tokio::test]
+async fn coordinator_routes_to_sub_agents_on_derived_threads() {
+    let built = build(
+        coordinator_spec(),
+        vec![],
+        TestHost::new(),
+        Store::in_memory().unwrap(),
+        InterpreterChoice::Scripted,
+    )
+    .unwrap();
+    let prompt = json!({"script": [
+        {"tool": "call_agent", "args": {"agent": "specialist", "prompt": "plain words"}},
+        {"tool": "call_agent", "args": {"agent": "ghost", "prompt": "x"}},
+        {"tool": "call_agent", "args": {"prompt": "x"}},
+    ]})
+    .to_string();
+    let mut stream = built.runtime.query(&prompt, "t9", None).unwrap();
+    let events = collect(&mut stream).await;
+    assert_eq!(
+        types(&events),
+        [
+            "tool-agent:call",
+            "step-start",
+            "tool-invocation:call",
+            "tool-agent:call",
+            "step-start",
+            "text",
+            "finish",
+            "tool-agent:result",
+            "tool-invocation:result",
+            "text",
+            "tool-invocation:call",
+            "tool-invocation:result",
+            "tool-invocation:call",
+            "tool-invocation:result",
+            "finish",
+            "tool-agent:result"
+        ]
+    );
+    assert_eq!(events[3]["toolInvocationId"], "scripted-tool-1");
+    assert_eq!(
+        events[8]["result"],
+        json!({"agent": "specialist", "model": "claude-sonnet-4-6", "response": "plain words"})
+    );
+    assert_eq!(
+        events[11]["result"]["error"],
+        r#"Agent 'ghost' is not in this caller's allowed routes: ["planner","specialist"]"#
+    );
+    assert_eq!(events[13]["result"]["error"], "Missing 'agent' name string");
+}
+
+#[tokio::test]
+async fn restart_reads_back_the_same_journal_and_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.redb");
+    let host = TestHost::new().handler("search", |_| Ok(json!({"ok": true})));
+    let tools = || {
+        vec![host_tool(
+            "specialist",
+            "search",
+            json!({"type": "object"}),
+            json!({"kind": "never"}),
+        )]
+    };
+    let (run_id, live, journal) = {
+        let store = Store::open(&path, Default::default()).unwrap();
+        let built = build(
+            coordinator_spec(),
+            tools(),
+            host.clone(),
+            store.clone(),
+            InterpreterChoice::Scripted,
+        )
+        .unwrap();
+        let mut stream = built
+            .runtime
+            .run_specialist(
+                "specialist",
+                r#"{"tool": "search", "args": {}}"#,
+                Some("t"),
+                None,
+            )
+            .unwrap();
+        let live = collect(&mut stream).await;
+        let journal = built.runtime.journal(stream.run_id(), 0).unwrap();
+        built.runtime.close().unwrap();
+        store.close().unwrap();
+        (stream.run_id().to_owned(), live, journal)
+    };
+    let store = Store::open(&path, Default::default()).unwrap();
+    let built = build(
+        coordinator_spec(),
+        tools(),
+        host,
+        store,
+        InterpreterChoice::Scripted,
+    )
+    .unwrap();
+    assert_eq!(built.runtime.journal(&run_id, 0).unwrap(), journal);
+    let replayed = event_values(&built.runtime.replay_events(&run_id).unwrap());
+    assert_eq!(replayed, live);
+    built.runtime.verify(&run_id).await.unwrap();
+}
