@@ -1,9 +1,9 @@
 """Prompt augmentation at assembly: the "# Tools" rows of each agent (API.md §1.14).
 
-The built-in tool catalog (names, descriptions, schemas) lives in Rust; rows for
-toolkits come from the native ``describe_toolkit_tools``. Python only knows which
-toolkits a role gets by default and how the plans toolkit is scoped by role, since
-both shape what is asked of the native side and the Python-side error of §1.11.
+The built-in tool catalog (names, descriptions, schemas, role defaults and role
+scoping) lives in Rust: rows come from the native ``describe_role_default_tools`` and
+``describe_toolkit_tools``. Python only knows the three plans-toolkit names, to raise
+its own role-scope error (API.md §1.11) before the native composer is asked.
 """
 
 from __future__ import annotations
@@ -18,20 +18,10 @@ from .prompts import augment_prompt_tools
 if TYPE_CHECKING:
     from .runtime import AgentSpec, ToolkitSpec
 
-# Toolkits whose tools a role gets without listing them (API.md §1.11 role defaults).
-_ROLE_DEFAULT_TOOLKITS: dict[str, tuple[str, ...]] = {
-    "coordinator": ("agents",),
-    "planner": ("plans",),
-    "executor": ("plans", "references"),
-    "specialist": (),
-}
-_PLAN_TOOLS = ("storePlan", "getPlan", "executePlan")
-_PLAN_TOOLS_BY_ROLE: dict[str, list[str]] = {
-    "planner": ["storePlan", "getPlan"],
-    "executor": ["getPlan", "executePlan"],
-    "coordinator": ["getPlan"],
-    "specialist": ["getPlan"],
-}
+# The names of the plans toolkit: a requested name among these that the role may not
+# use gets the Python-side error of API.md §1.11; other names are left to the native
+# composer ("toolkit 'plans' has no tool named ...").
+_PLAN_TOOLS = frozenset({"storePlan", "getPlan", "executePlan"})
 # Toolkit rows are enforced by the runtime's policy, not by a per-tool rule of the host.
 _TOOLKIT_APPROVAL_LABEL = "runtime"
 
@@ -48,9 +38,8 @@ def augment_agent(agent: AgentSpec, toolkits: Iterable[ToolkitSpec]) -> AgentSpe
             seen.add(name)
             rows.append({"name": name, "description": description, "approval": approval})
 
-    for toolkit_id in _role_default_toolkits(agent):
-        for row in _describe(toolkit_id, None, agent, agent_json):
-            add(row["name"], row["description"], _TOOLKIT_APPROVAL_LABEL)
+    for row in _rows(require_native("describe_role_default_tools")(agent_json)):
+        add(row["name"], row["description"], _TOOLKIT_APPROVAL_LABEL)
     for toolkit_id in agent.toolkits:
         toolkit = declared.get(toolkit_id)
         config = toolkit.config if toolkit is not None else None
@@ -65,27 +54,26 @@ def augment_agent(agent: AgentSpec, toolkits: Iterable[ToolkitSpec]) -> AgentSpe
     return agent.model_copy(update={"system_prompt": prompt.text, "prompt_cache_key": prompt.cache_key})
 
 
-def _role_default_toolkits(agent: AgentSpec) -> tuple[str, ...]:
-    if agent.role == "coordinator" and not agent.routes:
-        return ()
-    return _ROLE_DEFAULT_TOOLKITS[agent.role]
-
-
 def _describe(toolkit_id: str, config: Any, agent: AgentSpec, agent_json: str) -> list[dict[str, str]]:
-    if toolkit_id == "plans":
-        config = _scoped_plans_config(config, agent.role)
     describe = require_native("describe_toolkit_tools")
-    described = json.loads(describe(json.dumps({"id": toolkit_id, "config": config}), agent_json))
+    if toolkit_id == "plans":
+        # Native scoping of a config-less plans toolkit gives the role-allowed list.
+        allowed = [row["name"] for row in _rows(describe(json.dumps({"id": "plans", "config": None}), agent_json))]
+        if config is None:
+            config = {"tools": allowed}
+        else:
+            _check_plan_scope(config, agent.role, allowed)
+    return _rows(describe(json.dumps({"id": toolkit_id, "config": config}), agent_json))
+
+
+def _rows(described_json: str) -> list[dict[str, str]]:
     return [
         {"name": str(row["name"]), "description": str(row.get("description", ""))}
-        for row in described
+        for row in json.loads(described_json)
     ]
 
 
-def _scoped_plans_config(config: Any, role: str) -> Any:
-    allowed = _PLAN_TOOLS_BY_ROLE[role]
-    if config is None:
-        return {"tools": list(allowed)}
+def _check_plan_scope(config: Any, role: str, allowed: list[str]) -> None:
     requested = config.get("tools") if isinstance(config, Mapping) else None
     if isinstance(requested, list):
         outside = [name for name in requested if name in _PLAN_TOOLS and name not in allowed]
@@ -93,5 +81,3 @@ def _scoped_plans_config(config: Any, role: str) -> Any:
             raise ValueError(
                 f"toolkit 'plans' tools are scoped by agent role; {role} agents cannot use {outside}"
             )
-    # Malformed configs and unknown names are reported by the native toolkit composer.
-    return config

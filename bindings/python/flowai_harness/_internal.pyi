@@ -1,4 +1,7 @@
 """Type stub of the private native module (what exists in this build)."""
 
 def describe_toolkit_tools(toolkit_json: str, agent_json: str) -> str:
-    """JSON list of ``{name, description, input_schema}`` for one toolkit on one agent."""
+    """JSON list of ``{name, description, input_schema}``: one toolkit's tools for one agent."""
+
+def describe_role_default_tools(agent_json: str) -> str:
+    """JSON list of ``{name, description, input_schema}``: the agent's role-default built-ins."""
