@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from conftest import REPO_ROOT
 from flowai_harness import (
     AgentSpec,
     ApprovalPolicies,
@@ -20,7 +20,7 @@ from flowai_harness import (
 )
 from flowai_harness.errors import FlowAIValueError
 
-FIXTURE = REPO_ROOT / "fixtures" / "runtime_spec.json"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "runtime_spec.json"
 
 
 def agent(name: str, role: str, stateful: bool, model: str, prompt: str, routes: list[str]) -> dict[str, Any]:

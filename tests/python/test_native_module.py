@@ -45,12 +45,14 @@ def test_every_public_native_function_is_in_the_stub() -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed")
-def test_mypy_stubtest() -> None:
+def test_mypy_stubtest(tmp_path: Path) -> None:
+    # Run from a scratch directory: the installed package is checked and mypy's cache stays out of the tree.
     result = subprocess.run(
         [sys.executable, "-m", "mypy.stubtest", "flowai_harness._internal"],
         capture_output=True,
         text=True,
         check=False,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -72,3 +74,16 @@ def test_native_rows_shape() -> None:
     for row in rows:
         assert set(row) == {"name", "description", "input_schema"}
         assert row["input_schema"]["type"] == "object"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed")
+def test_package_typechecks_strictly(tmp_path: Path) -> None:
+    package_dir = Path(flowai_harness.__file__).parent
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"), "-p", "flowai_harness"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=package_dir.parent,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

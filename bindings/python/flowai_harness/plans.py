@@ -70,4 +70,4 @@ class PlanSpec(SpecModel):
 
 def define_plan(name: str, schema: Any, display_aliases: Any = ()) -> PlanSpec:
     """Declare a plan kind: its name, its body schema and optional status labels."""
-    return PlanSpec(name=name, schema_=schema, display_aliases=display_aliases)
+    return PlanSpec(name=name, schema=schema, display_aliases=display_aliases)

@@ -38,4 +38,4 @@ def define_reference(
 ) -> ReferenceSpec:
     """Declare a reference kind."""
     # Snake_case keywords on purpose: validation errors then name `ttl_ms`, as callers expect.
-    return ReferenceSpec(name=name, schema_=schema, ttl_ms=ttl_ms, glimpse=glimpse)
+    return ReferenceSpec(name=name, schema=schema, ttl_ms=ttl_ms, glimpse=glimpse)
