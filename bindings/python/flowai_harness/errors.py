@@ -1,7 +1,7 @@
 """The exception tree of flowai_harness.
 
 Native errors are raised as these classes: the Rust side imports them from this
-module (one mapping, in ``bindings/src/errors.rs``), so Python and Rust agree on a
+module (one mapping, the ``errors`` module of ``bindings/src/lib.rs``), so Python and Rust agree on a
 single tree rooted at :class:`FlowAIError`. Where the contract says ``ValueError``,
 the class also derives from ``ValueError`` so callers written for the existing
 package keep catching what they caught before.
