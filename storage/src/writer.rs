@@ -794,3 +794,210 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableErr
     txn.open_table(tables::REFERENCE_EXPIRY)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{ApprovalRow, RunAppend, RunMeta};
+    use crate::{Record, RecordKind, Store};
+
+    fn rec(n: u64) -> Record {
+        Record {
+            kind: RecordKind::StreamEmitted,
+            version: 1,
+            at_ms: n as i64,
+            payload: format!("{{\"n\":{n}}}"),
+        }
+    }
+
+    fn append_to(run: RunId, expected: Option<u64>, n: usize, pre: Precondition) -> AppendRequest {
+        AppendRequest {
+            run: Some(RunAppend {
+                run_id: run,
+                expected_first_seq: expected,
+                records: (0..n as u64).map(rec).collect(),
+            }),
+            index_updates: vec![],
+            precondition: pre,
+        }
+    }
+
+    fn meta(run: RunId, status: RunStatus) -> RunMeta {
+        RunMeta {
+            run_id: run,
+            tenant: "t".into(),
+            thread: "th".into(),
+            agent: "a".into(),
+            status,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            parent: None,
+        }
+    }
+
+    /// Runs `reqs` as one batch through the real batch path and returns each reply.
+    fn one_batch(store: &Store, reqs: Vec<AppendRequest>) -> Vec<Result<AppendAck, StoreError>> {
+        let db = store.raw_db().unwrap();
+        let mut receivers = Vec::new();
+        let mut batch = Vec::new();
+        for req in reqs {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            batch.push(Msg::Append(Box::new(req), Reply::Blocking(tx)));
+            receivers.push(rx);
+        }
+        assert!(commit_batch(&db, batch, true, "<test>"));
+        receivers.into_iter().map(|rx| rx.recv().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_failed_precondition_fails_only_its_own_request() {
+        let store = Store::in_memory().unwrap();
+        let (a, b, c) = (ulid::Ulid(1), ulid::Ulid(2), ulid::Ulid(3));
+        let mut create_b = append_to(b, Some(1), 2, Precondition::RunAbsent(b));
+        create_b
+            .index_updates
+            .push(IndexUpdate::CreateRun(meta(b, RunStatus::Running)));
+        store.append_blocking(create_b).unwrap();
+
+        let results = one_batch(
+            &store,
+            vec![
+                append_to(a, Some(1), 3, Precondition::None),
+                // b exists: RunAbsent fails, and its records must not be written.
+                append_to(b, None, 5, Precondition::RunAbsent(b)),
+                append_to(
+                    b,
+                    None,
+                    1,
+                    Precondition::RunStatusIn(b, vec![RunStatus::Suspended]),
+                ),
+                append_to(c, Some(2), 1, Precondition::None),
+                append_to(a, Some(4), 2, Precondition::None),
+                append_to(
+                    b,
+                    Some(3),
+                    1,
+                    Precondition::RunStatusIn(b, vec![RunStatus::Running]),
+                ),
+                append_to(a, None, 1, Precondition::ApprovalPending("nope".into())),
+            ],
+        );
+        assert_eq!(
+            results[0].as_ref().unwrap(),
+            &AppendAck {
+                first_seq: 1,
+                last_seq: 3
+            }
+        );
+        assert!(matches!(results[1], Err(StoreError::RunExists { run }) if run == b));
+        let what = match &results[2] {
+            Err(StoreError::PreconditionFailed { what }) => what.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            what.contains("is running, expected status in [suspended]"),
+            "{what}"
+        );
+        assert!(matches!(
+            results[3],
+            Err(StoreError::SeqConflict {
+                expected: 2,
+                actual: 1,
+                ..
+            })
+        ));
+        // Seqs continue from the earlier request of the same batch.
+        assert_eq!(
+            results[4].as_ref().unwrap(),
+            &AppendAck {
+                first_seq: 4,
+                last_seq: 5
+            }
+        );
+        assert_eq!(
+            results[5].as_ref().unwrap(),
+            &AppendAck {
+                first_seq: 3,
+                last_seq: 3
+            }
+        );
+        assert!(matches!(
+            results[6],
+            Err(StoreError::PreconditionFailed { .. })
+        ));
+
+        assert_eq!(store.last_seq(a).unwrap(), 5);
+        assert_eq!(store.last_seq(b).unwrap(), 3);
+        assert_eq!(store.last_seq(c).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_failed_index_check_writes_nothing_of_the_request() {
+        let store = Store::in_memory().unwrap();
+        let run = ulid::Ulid(7);
+        let mut req = append_to(run, None, 2, Precondition::None);
+        req.index_updates = vec![
+            IndexUpdate::PutSpec {
+                hash: "h".into(),
+                json: "{}".into(),
+            },
+            IndexUpdate::SetApprovalStatus {
+                id: "missing".into(),
+                status: ApprovalStatus::Approved,
+            },
+        ];
+        let results = one_batch(&store, vec![req]);
+        assert!(matches!(
+            results[0],
+            Err(StoreError::PreconditionFailed { .. })
+        ));
+        assert_eq!(store.last_seq(run).unwrap(), 0);
+        assert_eq!(store.spec("h").unwrap(), None);
+
+        // Updates may refer to rows created earlier in the same request.
+        let mut req = append_to(run, Some(1), 1, Precondition::RunAbsent(run));
+        req.index_updates = vec![
+            IndexUpdate::CreateRun(meta(run, RunStatus::Running)),
+            IndexUpdate::SetRunStatus {
+                run_id: run,
+                status: RunStatus::Suspended,
+                at_ms: 9,
+            },
+            IndexUpdate::PutApproval(ApprovalRow {
+                id: "ap".into(),
+                tenant: "t".into(),
+                run_id: run,
+                seq: 1,
+                status: ApprovalStatus::Pending,
+            }),
+            IndexUpdate::SetApprovalStatus {
+                id: "ap".into(),
+                status: ApprovalStatus::Approved,
+            },
+        ];
+        let results = one_batch(&store, vec![req]);
+        assert!(results[0].is_ok(), "{results:?}");
+        let info = store.run(run).unwrap().unwrap();
+        assert_eq!(info.meta.status, RunStatus::Suspended);
+        assert_eq!(info.meta.updated_at_ms, 9);
+        assert!(info.pending_approvals.is_empty());
+    }
+
+    #[test]
+    fn a_batch_with_gc_and_appends_commits_once() {
+        let store = Store::in_memory().unwrap();
+        let db = store.raw_db().unwrap();
+        let (tx1, rx1) = std::sync::mpsc::sync_channel(1);
+        let (tx2, rx2) = std::sync::mpsc::sync_channel(1);
+        let batch = vec![
+            Msg::Append(
+                Box::new(append_to(ulid::Ulid(1), None, 1, Precondition::None)),
+                Reply::Blocking(tx1),
+            ),
+            Msg::Gc(100, Reply::Blocking(tx2)),
+        ];
+        assert!(commit_batch(&db, batch, false, "<test>"));
+        assert_eq!(rx1.recv().unwrap().unwrap().last_seq, 1);
+        assert_eq!(rx2.recv().unwrap().unwrap(), 0);
+    }
+}
