@@ -613,10 +613,10 @@ impl Driver {
         let Some(tool) = agent.tools.iter().find(|t| t.name == call.name) else {
             return Ok(ToolOutcome::error(format!("Unknown tool: {}", call.name)));
         };
-        if let ToolKind::Host { .. } = tool.kind {
-            if let Err(why) = tool.validate_args(args) {
-                return Ok(ToolOutcome::error(format!("Invalid input: {why}")));
-            }
+        if let ToolKind::Host { .. } = tool.kind
+            && let Err(why) = tool.validate_args(args)
+        {
+            return Ok(ToolOutcome::error(format!("Invalid input: {why}")));
         }
         let rule = agent.policy.tool_rule(&call.name).clone();
         match self
@@ -1089,13 +1089,13 @@ fn split_ui_keys(value: Value) -> (Value, Vec<payloads::UiEventRecord>) {
             text,
         });
     }
-    if let Some(summary) = map.remove("displaySummary") {
-        if let Value::String(text) = summary {
-            ui.push(payloads::UiEventRecord {
-                kind: String::from("text"),
-                text,
-            });
-        }
+    if let Some(summary) = map.remove("displaySummary")
+        && let Value::String(text) = summary
+    {
+        ui.push(payloads::UiEventRecord {
+            kind: String::from("text"),
+            text,
+        });
     }
     map.remove("_cardEmitted");
     (Value::Object(map), ui)

@@ -29,7 +29,8 @@ pub use ids::{IdSource, RandomIds, SequentialIds, rfc3339_ms};
 pub use journal::DriveMode;
 pub use plans::{check_dispatch_envelope, check_transition, flatten_body};
 pub use runtime::{
-    CreatedRef, JournalEntry, RunStream, Runtime, RuntimeOptions, journal_entries, replay_events,
+    CreatedRef, EnvLookup, JournalEntry, RunStream, Runtime, RuntimeOptions, journal_entries,
+    replay_events,
 };
 pub use spec::{
     AgentPolicy, AgentRole, AgentSpec, AgentSpecError, ApprovalOverrides, ApprovalPolicies,

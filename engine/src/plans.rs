@@ -245,10 +245,10 @@ async fn store_plan(driver: &mut Driver, args: &Value) -> Result<ToolOutcome, En
                 )
             }),
     };
-    if let Some((plan, _)) = &previous {
-        if status_of(plan) == "executing" {
-            return Ok(ToolOutcome::error(format!("plan {plan_id} is executing")));
-        }
+    if let Some((plan, _)) = &previous
+        && status_of(plan) == "executing"
+    {
+        return Ok(ToolOutcome::error(format!("plan {plan_id} is executing")));
     }
     let version = previous.as_ref().map_or(1, |(plan, version)| {
         plan.get("version")

@@ -20,6 +20,9 @@ use crate::ids::{IdSource, rfc3339_ms};
 use crate::journal::{DriveMode, EventSink, RunJournal};
 use crate::spec::{self, CompiledSpec, HostToolDecl, InterpreterChoice, RuntimeSpec};
 
+/// Looks up an environment variable (injected so tests never touch the real environment).
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Everything needed to build a [`Runtime`].
 pub struct RuntimeOptions {
     pub spec: RuntimeSpec,
@@ -33,7 +36,7 @@ pub struct RuntimeOptions {
     /// The tokio runtime that drives runs.
     pub handle: tokio::runtime::Handle,
     /// Environment lookup for provider keys (`apiKeyEnv`).
-    pub env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub env: EnvLookup,
     /// How many events a stream buffers before the run waits for its consumer.
     pub event_buffer: usize,
 }
@@ -108,10 +111,10 @@ impl RunStream {
             return;
         }
         let active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok(run) = self.run_id.parse::<RunId>() {
-            if let Some(active) = active.get(&run) {
-                let _ = active.control.send(Control::Cancel);
-            }
+        if let Ok(run) = self.run_id.parse::<RunId>()
+            && let Some(active) = active.get(&run)
+        {
+            let _ = active.control.send(Control::Cancel);
         }
     }
 }
@@ -450,10 +453,10 @@ impl Runtime {
                 decision: decision.clone(),
                 ack: ack_tx,
             });
-            if sent.is_ok() {
-                if let Ok(reply) = ack_rx.await {
-                    return reply;
-                }
+            if sent.is_ok()
+                && let Ok(reply) = ack_rx.await
+            {
+                return reply;
             }
         }
         // Nobody drives the run here: journal the decision; `resume` continues it.
@@ -529,10 +532,10 @@ impl Runtime {
             .unwrap_or_else(|p| p.into_inner())
             .get(&run)
             .map(|a| a.control.clone());
-        if let Some(control) = control {
-            if control.send(Control::Cancel).is_ok() {
-                return Ok(());
-            }
+        if let Some(control) = control
+            && control.send(Control::Cancel).is_ok()
+        {
+            return Ok(());
         }
         match info.meta.status {
             RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled => {
@@ -634,7 +637,7 @@ impl Runtime {
                 out.push(info);
             }
         }
-        out.sort_by(|a, b| b.meta.run_id.cmp(&a.meta.run_id));
+        out.sort_by_key(|info| std::cmp::Reverse(info.meta.run_id));
         Ok(out)
     }
 
@@ -763,27 +766,27 @@ impl Runtime {
             let mut active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
             let runs: Vec<RunId> = active.keys().copied().collect();
             for run in &runs {
-                if let Some(entry) = active.remove(run) {
-                    if let Some(task) = entry.task {
-                        task.abort();
-                    }
+                if let Some(entry) = active.remove(run)
+                    && let Some(task) = entry.task
+                {
+                    task.abort();
                 }
             }
             runs
         };
         for run in stopped {
-            if let Some(info) = self.shared.store.run(run)? {
-                if info.meta.status == RunStatus::Running {
-                    self.shared.store.append_blocking(AppendRequest {
-                        run: None,
-                        index_updates: vec![IndexUpdate::SetRunStatus {
-                            run_id: run,
-                            status: RunStatus::Interrupted,
-                            at_ms: self.shared.clock.now_ms(),
-                        }],
-                        precondition: Precondition::RunStatusIn(run, vec![RunStatus::Running]),
-                    })?;
-                }
+            if let Some(info) = self.shared.store.run(run)?
+                && info.meta.status == RunStatus::Running
+            {
+                self.shared.store.append_blocking(AppendRequest {
+                    run: None,
+                    index_updates: vec![IndexUpdate::SetRunStatus {
+                        run_id: run,
+                        status: RunStatus::Interrupted,
+                        at_ms: self.shared.clock.now_ms(),
+                    }],
+                    precondition: Precondition::RunStatusIn(run, vec![RunStatus::Running]),
+                })?;
             }
         }
         Ok(())

@@ -1,4 +1,5 @@
 //! End-to-end runs through the driver with a Rust test host (API.md §3, §4, §5.1, §5.7).
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
