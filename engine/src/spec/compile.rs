@@ -159,6 +159,28 @@ fn validate_graph(spec: &RuntimeSpec, host_tools: &[HostToolDecl]) -> Result<(),
 /// toolkit composition per agent; provider routing (every routed key declared, and the
 /// provider a single-provider interpreter needs); approval predicates. Tenant checks
 /// against a store and API key resolution are the caller's.
+///
+/// ```
+/// use std::collections::BTreeSet;
+/// use flowai_runtime::{ApprovalRule, InterpreterChoice, RuntimeSpec, compile_spec};
+///
+/// let spec = RuntimeSpec::from_json(r#"{
+///     "tenant": {"resourceId": "acme", "version": "v1"},
+///     "agents": [
+///         {"name": "lead", "role": "coordinator", "model": "claude-sonnet-4-6",
+///          "systemPrompt": "You coordinate.", "routes": ["planner"]},
+///         {"name": "planner", "role": "planner", "model": "claude-sonnet-4-6",
+///          "systemPrompt": "You plan."}
+///     ],
+///     "providers": {"anthropic": {"apiKeyEnv": "ANTHROPIC_API_KEY"}}
+/// }"#)?;
+/// let compiled = compile_spec(spec, &[], &BTreeSet::new(), &InterpreterChoice::Noop)?;
+/// let planner = compiled.agent("planner").expect("declared above");
+/// let tools: Vec<&str> = planner.tools.iter().map(|t| t.name.as_str()).collect();
+/// assert_eq!(tools, ["storePlan", "getPlan"]);
+/// assert_eq!(planner.policy.plan_rule(), &ApprovalRule::Always);
+/// # Ok::<(), flowai_runtime::SpecError>(())
+/// ```
 pub fn compile_spec(
     spec: RuntimeSpec,
     host_tools: &[HostToolDecl],
@@ -221,4 +243,16 @@ pub fn compile_spec(
         references,
         plans,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiled_spec_is_shareable_across_tasks() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<CompiledSpec>();
+        shareable::<SpecError>();
+    }
 }

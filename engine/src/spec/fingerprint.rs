@@ -1,6 +1,12 @@
 //! Spec hashing, secret redaction and spec diffing for recorded specs (DESIGN.md §5).
 
-use serde_json::Value;
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use crate::spec::routing::InterpreterChoice;
+use crate::spec::wire::RuntimeSpec;
+use crate::toolkits::HostToolDecl;
 
 /// What a redacted secret is replaced by.
 pub const REDACTED: &str = "<redacted>";
@@ -43,6 +49,30 @@ pub fn redact_secrets(spec_json: &mut Value) {
             }
         }
     }
+}
+
+/// The document a run records as "the spec it was started under" (DESIGN.md §5): the
+/// wire RuntimeSpec with secrets redacted, the host tool declarations, the registered
+/// predicate ids (sorted) and the interpreter. Its [`spec_hash`] is the run's spec hash.
+pub fn recorded_spec(
+    spec: &RuntimeSpec,
+    host_tools: &[HostToolDecl],
+    predicates: &BTreeSet<String>,
+    interpreter: &InterpreterChoice,
+) -> Value {
+    let mut wire = spec.to_value();
+    redact_secrets(&mut wire);
+    let mock = match interpreter {
+        InterpreterChoice::Mock(text) => Value::String(text.clone()),
+        _ => Value::Null,
+    };
+    json!({
+        "runtimeSpec": wire,
+        "hostTools": serde_json::to_value(host_tools).unwrap_or(Value::Null),
+        "predicates": predicates,
+        "interpreter": interpreter.as_str(),
+        "mockResponse": mock,
+    })
 }
 
 fn is_plain_key(key: &str) -> bool {
@@ -139,5 +169,31 @@ mod tests {
             first_difference(&json!({"a": 1}), &json!({"a": 1, "b": 2})).as_deref(),
             Some("b")
         );
+    }
+
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-5i64..5).prop_map(Value::from),
+            "[a-c]{0,2}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-c.]{1,2}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn difference_found_iff_unequal(a in arb_json(), b in arb_json()) {
+            proptest::prop_assert_eq!(first_difference(&a, &b).is_none(), a == b);
+            proptest::prop_assert_eq!(first_difference(&a, &a.clone()), None);
+            proptest::prop_assert_eq!(spec_hash(&a) == spec_hash(&b), a == b);
+        }
     }
 }

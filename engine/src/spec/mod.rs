@@ -15,13 +15,13 @@ pub use error::{
     AgentSpecError, InterpreterError, PlanRegistryError, PolicyError, ReferenceRegistryError,
     SpecError, ToolkitError,
 };
-pub use fingerprint::{REDACTED, first_difference, redact_secrets, spec_hash};
+pub use fingerprint::{REDACTED, first_difference, recorded_spec, redact_secrets, spec_hash};
 pub use registry::{CompiledPlanSpec, CompiledReference, PlanRegistry, ReferenceRegistry};
 pub use routing::{InterpreterChoice, select_provider_key};
 pub use wire::{
-    AgentRole, AgentSpec, AgentWireError, ApprovalOverrides, ApprovalPolicies, ApprovalPolicyPatch,
-    ApprovalRule, ModelSpec, PlanDisplayAlias, PlanDisplayStatus, PlanSpec, ReferenceSpec,
-    RuntimeSpec, StorageFactories, StorageFactorySpec, TenantIdentity, ToolkitSpec,
+    AgentRole, AgentSpec, ApprovalOverrides, ApprovalPolicies, ApprovalPolicyPatch, ApprovalRule,
+    ModelSpec, PlanDisplayAlias, PlanDisplayStatus, PlanSpec, ReferenceSpec, RuntimeSpec,
+    StorageFactories, StorageFactorySpec, TenantIdentity, ToolkitSpec,
 };
 
 pub use crate::policy::AgentPolicy;

@@ -144,7 +144,7 @@ struct AgentSpecWire {
 
 /// The reason a wire agent is rejected while deserializing.
 #[derive(Debug)]
-pub struct AgentWireError(&'static str);
+pub(crate) struct AgentWireError(&'static str);
 
 impl fmt::Display for AgentWireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
