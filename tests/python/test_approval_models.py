@@ -81,3 +81,13 @@ def test_overrides_value_errors(tools: Any, message: str) -> None:
     with pytest.raises(ValidationError) as info:
         ApprovalOverrides(tools=tools)
     assert message in str(info.value)
+
+
+def test_rule_normalizer_under_its_contract_name() -> None:
+    from flowai_harness.runtime import _approval_rule_to_wire
+
+    assert _approval_rule_to_wire("always") == {"kind": "always"}
+    assert _approval_rule_to_wire({"kind": "never", "x": 1}) == {"kind": "never"}
+    assert _approval_rule_to_wire({"kind": "dynamic", "value": "p"}) == {"kind": "dynamic", "value": "p"}
+    with pytest.raises(ValueError, match="approval rule must not be null"):
+        _approval_rule_to_wire(None)

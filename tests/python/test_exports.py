@@ -93,3 +93,23 @@ def test_exception_tree() -> None:
 
 def test_testing_config_is_not_collected_as_a_test_class() -> None:
     assert flowai_harness.TestingConfig.__test__ is False  # type: ignore[attr-defined]
+
+
+def test_native_names_in_their_modules() -> None:
+    from flowai_harness import runtime, store
+
+    internal = importlib.import_module("flowai_harness._internal")
+    for module, public, native_name in [
+        (runtime, "Runtime", "PyRuntime"),
+        (store, "Store", "Store"),
+        (store, "open_store", "open_store"),
+    ]:
+        if hasattr(internal, native_name):
+            assert getattr(module, public) is getattr(internal, native_name)
+        else:
+            with pytest.raises(AttributeError, match=f"_internal.{native_name}"):
+                getattr(module, public)
+    with pytest.raises(AttributeError):
+        runtime.NotAThing  # noqa: B018
+    with pytest.raises(AttributeError):
+        store.NotAThing  # noqa: B018

@@ -49,6 +49,9 @@ __all__ = [
 
 AgentRole = Literal["coordinator", "planner", "executor", "specialist"]
 
+# The contract names the rule normalizer `_approval_rule_to_wire` (API.md §1.9).
+_approval_rule_to_wire = approval_rule_to_wire
+
 # Roles whose agents keep thread memory unless told otherwise.
 _STATEFUL_ROLES = frozenset({"coordinator", "planner"})
 _ROLES = frozenset({"coordinator", "planner", "executor", "specialist"})
