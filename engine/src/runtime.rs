@@ -2,6 +2,7 @@
 //! resumes, inspects, replays and verifies runs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use flowai_storage::payloads;
@@ -61,7 +62,14 @@ pub(crate) struct Shared {
     /// Runs driven by this runtime now (lookup only; never iterated to decide anything).
     active: Mutex<HashMap<RunId, ActiveRun>>,
     closed: std::sync::atomic::AtomicBool,
+    /// Expired references are swept when a run starts and this much injected-clock
+    /// time has passed since the last sweep.
+    sweep_interval_ms: AtomicI64,
+    last_sweep_ms: AtomicI64,
 }
+
+/// Default interval of the periodic reference sweep.
+pub const DEFAULT_SWEEP_INTERVAL_MS: i64 = 60_000;
 
 /// The runtime handle. Cheap to clone.
 #[derive(Clone)]
@@ -167,6 +175,7 @@ impl Runtime {
         )?;
         let models = crate::live::build_clients(&compiled, &options.interpreter, &*options.env)?;
         let spec_json = recorded.to_string();
+        let now_ms = options.clock.now_ms();
         Ok(Runtime {
             shared: Arc::new(Shared {
                 store: options.store,
@@ -182,6 +191,8 @@ impl Runtime {
                 event_buffer: options.event_buffer.max(1),
                 active: Mutex::new(HashMap::new()),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                sweep_interval_ms: AtomicI64::new(DEFAULT_SWEEP_INTERVAL_MS),
+                last_sweep_ms: AtomicI64::new(now_ms),
             }),
         })
     }
@@ -196,6 +207,37 @@ impl Runtime {
 
     pub fn spec_hash(&self) -> &str {
         &self.shared.spec_hash
+    }
+
+    /// Sets the interval of the periodic reference sweep (injected-clock milliseconds).
+    pub fn set_sweep_interval_ms(&self, interval_ms: i64) {
+        self.shared
+            .sweep_interval_ms
+            .store(interval_ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Sweeps expired references in the background when the interval has passed.
+    fn maybe_sweep(&self) {
+        let now = self.shared.clock.now_ms();
+        let last = self.shared.last_sweep_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < self.shared.sweep_interval_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        if self
+            .shared
+            .last_sweep_ms
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let store = self.shared.store.clone();
+        self.shared.handle.spawn(async move {
+            match store.gc_references(now).await {
+                Ok(removed) => tracing::debug!(removed, "reference sweep"),
+                Err(e) => tracing::warn!(error = %e, "reference sweep failed"),
+            }
+        });
     }
 
     fn check_open(&self) -> Result<(), EngineError> {
@@ -251,6 +293,7 @@ impl Runtime {
         agent: String,
     ) -> Result<RunStream, EngineError> {
         self.check_open()?;
+        self.maybe_sweep();
         let run = match run_id {
             Some(text) => {
                 let run = text.parse::<RunId>().map_err(|_| {
