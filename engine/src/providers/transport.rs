@@ -403,8 +403,7 @@ impl Sink<'_> {
     ) -> AttemptError {
         if self.emitted.load(Ordering::Relaxed) {
             let error = match error {
-                ProviderError::Connect { provider, message }
-                | ProviderError::Truncated { provider, message } => {
+                ProviderError::Connect { provider, message } => {
                     ProviderError::Interrupted { provider, message }
                 }
                 other => other,
