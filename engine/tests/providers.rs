@@ -280,6 +280,110 @@ fn garbage_and_empty_streams_are_errors_not_panics() {
     }
 }
 
+fn decode_str(protocol: Protocol, body: &str) -> Result<Decoded, ProviderError> {
+    decode_sse_bytes(protocol, "p", [body.as_bytes()])
+}
+
+/// `data:` events for the given chunks (+ `[DONE]`).
+fn openai_sse(chunks: &[Value], done: bool) -> String {
+    let mut out: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+    if done {
+        out.push_str("data: [DONE]\n\n");
+    }
+    out
+}
+
+/// Named events (`event:` = the object's `type`).
+fn anthropic_sse(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn openai_variants_of_compatible_servers() {
+    // No `index` on tool-call fragments (each call whole, with an id), an empty-string
+    // finish_reason on non-final chunks, usage totals recomputed.
+    let body = openai_sse(
+        &[
+            json!({"choices": [{"delta": {"tool_calls": [
+                {"id": "a", "function": {"name": "f", "arguments": "{\"x\":1}"}},
+                {"id": "b", "function": {"name": "g", "arguments": "{}"}},
+            ]}, "finish_reason": ""}]}),
+            json!({"choices": [{"delta": {}, "finish_reason": "tool_calls"}],
+                   "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 99}}),
+        ],
+        true,
+    );
+    let d = decode_str(Protocol::OpenAiCompatible, &body).unwrap();
+    let calls: Vec<(&str, &str, &str)> = d
+        .tool_calls
+        .iter()
+        .map(|c| (c.id.as_str(), c.name.as_str(), c.args.as_str()))
+        .collect();
+    assert_eq!(calls, vec![("a", "f", r#"{"x":1}"#), ("b", "g", "{}")]);
+    assert_eq!(d.usage.total_tokens, 7);
+
+    // No [DONE] but a finish reason: complete. No id: a stable synthetic one.
+    let body = openai_sse(
+        &[
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "function": {"name": "f", "arguments": ""}}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "function": {"arguments": "{}"}}]}}]}),
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        ],
+        false,
+    );
+    let d = decode_str(Protocol::OpenAiCompatible, &body).unwrap();
+    assert_eq!(d.tool_calls[0].id, "call_0");
+    assert_eq!(d.finish_reason, FinishReason::Stop);
+
+    let orphan = openai_sse(
+        &[json!({"choices": [{"delta": {"tool_calls": [
+            {"index": 3, "function": {"arguments": "{}"}}]}}]})],
+        true,
+    );
+    let err = decode_str(Protocol::OpenAiCompatible, &orphan).unwrap_err();
+    assert!(err.to_string().contains("index 3"), "{err}");
+}
+
+#[test]
+fn anthropic_variants() {
+    // A tool_use block that carries its whole input up front, a server-tool block whose
+    // input deltas are not ours, and events after message_stop.
+    let body = anthropic_sse(&[
+        json!({"type": "message_start", "message": {"usage": {"input_tokens": 5, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block":
+            {"type": "server_tool_use", "id": "srv", "name": "web_search", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 0, "delta":
+            {"type": "input_json_delta", "partial_json": "{\"q\":1}"}}),
+        json!({"type": "content_block_start", "index": 1, "content_block":
+            {"type": "tool_use", "id": "t", "name": "f", "input": {"a": [1, 2]}}}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}),
+        json!({"type": "message_stop"}),
+        json!({"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "late"}}),
+    ]);
+    let d = decode_str(Protocol::Anthropic, &body).unwrap();
+    assert!(d.chunks.is_empty());
+    assert_eq!(d.tool_calls.len(), 1);
+    assert_eq!(d.tool_calls[0].args, r#"{"a":[1,2]}"#);
+    assert_eq!(
+        (
+            d.usage.prompt_tokens,
+            d.usage.completion_tokens,
+            d.usage.total_tokens
+        ),
+        (5, 9, 14)
+    );
+
+    let unknown_block = anthropic_sse(&[json!({"type": "content_block_delta", "index": 7,
+        "delta": {"type": "input_json_delta", "partial_json": "{"}})]);
+    let err = decode_str(Protocol::Anthropic, &unknown_block).unwrap_err();
+    assert!(err.to_string().contains("content block 7"), "{err}");
+}
+
 fn split_at_points(bytes: &[u8], points: &[usize]) -> Vec<Vec<u8>> {
     let mut cuts: Vec<usize> = points.iter().map(|p| p % (bytes.len() + 1)).collect();
     cuts.sort_unstable();
