@@ -74,6 +74,8 @@ async fn api_key_never_reaches_tracing() {
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("retrying"), "retries are traced: {logs}");
+    // The echoed key in the 500 body was logged, redacted.
+    assert!(logs.contains("[redacted]"), "{logs}");
     assert!(
         logs.contains("hyper"),
         "HTTP stack logging was captured: {logs}"
