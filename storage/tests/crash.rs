@@ -113,7 +113,8 @@ fn crash_child_entry() {
             std::thread::spawn(move || {
                 let mut rng = XorShift(0x2545_F491_4F6C_DD1D ^ (i as u64 + 1));
                 let mut next = store.last_seq(run_id(i)).unwrap() + 1;
-                loop {
+                // Far more than a child lives to write: the parent kills it long before.
+                for _ in 0..1_000_000 {
                     let n = 1 + rng.below(4);
                     let last = append(&store, i, next, n);
                     let mut out = std::io::stdout().lock();
