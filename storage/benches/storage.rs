@@ -23,14 +23,9 @@ fn bench_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
-/// A JSON payload of exactly `len` bytes.
+/// A JSON payload of exactly `len` bytes (len >= 11).
 fn payload(len: usize) -> String {
-    let mut s = String::from("{\"text\":\"");
-    while s.len() < len - 2 {
-        s.push('x');
-    }
-    s.push_str("\"}");
-    s
+    format!("{{\"text\":\"{}\"}}", "x".repeat(len - 11))
 }
 
 fn record(len: usize) -> Record {
@@ -328,6 +323,133 @@ fn disk_usage(_: &mut Criterion) {
         .unwrap();
 }
 
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// The target ratios, measured pairwise: the two sides alternate, so a machine whose load
+/// drifts (other builds on the same cores) slows both alike. Printed, not timed by criterion.
+fn paired(_: &mut Criterion) {
+    let dir = bench_dir();
+    let mut report = String::new();
+
+    // One writer: bare redb Immediate commit of one record vs our immediate append.
+    let db = bare_db(&dir.path().join("paired-bare.redb"));
+    let store = Store::open(
+        dir.path().join("paired-store.redb"),
+        StoreOptions::default(),
+    )
+    .unwrap();
+    let run = RunId::generate();
+    let value = rkyv_like_value(1024);
+    let (mut bare, mut ours) = (Vec::new(), Vec::new());
+    for key in 0..400u64 {
+        let t = Instant::now();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(BARE).unwrap();
+            table.insert(key, value.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        bare.push(t.elapsed());
+        let t = Instant::now();
+        store.append_blocking(one(run, 1024)).unwrap();
+        ours.push(t.elapsed());
+    }
+    let (b, o) = (median(bare), median(ours));
+    report.push_str(&format!(
+        "paired one-writer 1 KB: bare redb immediate commit median {b:?}, store immediate append median {o:?}, ratio {:.2}\n",
+        o.as_secs_f64() / b.as_secs_f64()
+    ));
+
+    // Throughput: bare redb 64 records per commit vs 64 tasks appending one record each.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let (mut bare, mut ours) = (Vec::new(), Vec::new());
+    let mut key = 1_000_000u64;
+    const ROUND: u64 = 64 * 20;
+    for _ in 0..7 {
+        let t = Instant::now();
+        for _ in 0..ROUND / 64 {
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(BARE).unwrap();
+                for _ in 0..64 {
+                    key += 1;
+                    table.insert(key, value.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        bare.push(t.elapsed());
+        let t = Instant::now();
+        rt.block_on(async {
+            let handles: Vec<_> = (0..64)
+                .map(|_| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let run = RunId::generate();
+                        for _ in 0..ROUND / 64 {
+                            store.append(one(run, 1024)).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.await.unwrap();
+            }
+        });
+        ours.push(t.elapsed());
+    }
+    let (b, o) = (median(bare), median(ours));
+    let (b_rate, o_rate) = (
+        ROUND as f64 / b.as_secs_f64(),
+        ROUND as f64 / o.as_secs_f64(),
+    );
+    // Same bare loop, but keys laid out like the journal's: 64 runs, (run, seq) each.
+    const RUN_KEYED: TableDefinition<&[u8; 24], &[u8]> = TableDefinition::new("run_keyed");
+    let runs: Vec<u128> = (0..64).map(|_| RunId::generate().0).collect();
+    let mut seq = 0u64;
+    let mut keyed = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..ROUND / 64 {
+            seq += 1;
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(RUN_KEYED).unwrap();
+                for run in &runs {
+                    let mut k = [0u8; 24];
+                    k[..16].copy_from_slice(&run.to_be_bytes());
+                    k[16..].copy_from_slice(&seq.to_be_bytes());
+                    table.insert(&k, value.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        keyed.push(t.elapsed());
+    }
+    let k_rate = ROUND as f64 / median(keyed).as_secs_f64();
+    report.push_str(&format!(
+        "bare redb 64/commit with journal-like keys (64 runs x seq): {k_rate:.0} records/s; store / that = {:.2}\n",
+        o_rate / k_rate
+    ));
+    report.push_str(&format!(
+        "paired 64 appenders 1 KB: bare redb 64/commit {b_rate:.0} records/s, store 64 tasks {o_rate:.0} records/s, ratio {:.2}\n",
+        o_rate / b_rate
+    ));
+    store.close().unwrap();
+    print!("{report}");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("storage-paired.txt");
+    std::fs::File::create(out)
+        .unwrap()
+        .write_all(report.as_bytes())
+        .unwrap();
+}
+
 criterion_group!(
     benches,
     raw_baseline,
@@ -335,6 +457,7 @@ criterion_group!(
     store_single,
     group_commit,
     scan,
-    disk_usage
+    disk_usage,
+    paired
 );
 criterion_main!(benches);
