@@ -30,6 +30,9 @@ pub(crate) const MAX_BATCH: usize = 1024;
 /// How long an `eventual` store may hold acknowledged commits before an fsync.
 pub(crate) const EVENTUAL_FLUSH: Duration = Duration::from_millis(100);
 
+/// Longest the writer waits for the previous batch's callers to come back (see `run`).
+const MAX_LINGER: Duration = Duration::from_millis(1);
+
 /// Where a reply goes: a tokio oneshot for async callers, a std channel for blocking ones (so
 /// `append_blocking` never needs, or trips over, a tokio runtime).
 pub(crate) enum Reply<T> {
@@ -72,6 +75,10 @@ pub(crate) fn spawn(
 fn run(db: &redb::Database, rx: &Receiver<Msg>, label: &str, eventual: bool) {
     // Start of the oldest acknowledged but not yet fsynced commit (eventual mode only).
     let mut unsynced_since: Option<Instant> = None;
+    // Size and commit time of the previous batch: its callers are likely to come back with
+    // their next request right after their acknowledgement.
+    let mut last_batch = 0usize;
+    let mut last_commit = Duration::ZERO;
     loop {
         let first = match unsynced_since {
             None => match rx.recv() {
@@ -92,17 +99,37 @@ fn run(db: &redb::Database, rx: &Receiver<Msg>, label: &str, eventual: bool) {
                 }
             }
         };
-        let mut batch = Vec::with_capacity(16);
+        let mut batch = Vec::with_capacity(last_batch.max(16));
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(msg) => batch.push(msg),
-                Err(_) => break,
+        drain(rx, &mut batch);
+        // Without this, N appenders that each wait for their ack split into a small batch
+        // (the first few back) and a large one (the rest, queued during that commit), halving
+        // throughput. Waiting for the previous batch's callers, bounded by a quarter of a
+        // commit, keeps them in one batch; a lone appender (last_batch = 1) never waits.
+        let target = last_batch.min(MAX_BATCH);
+        if batch.len() < target {
+            let deadline = Instant::now() + (last_commit / 4).min(MAX_LINGER);
+            while batch.len() < target {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(left) {
+                    Ok(msg) => {
+                        batch.push(msg);
+                        drain(rx, &mut batch);
+                    }
+                    Err(_) => break,
+                }
             }
         }
+        last_batch = batch.len();
         let durable =
             !eventual || unsynced_since.is_some_and(|since| since.elapsed() >= EVENTUAL_FLUSH);
-        if commit_batch(db, batch, durable, label) {
+        let started = Instant::now();
+        let committed = commit_batch(db, batch, durable, label);
+        last_commit = started.elapsed();
+        if committed {
             if durable {
                 unsynced_since = None;
             } else if unsynced_since.is_none() {
@@ -112,6 +139,15 @@ fn run(db: &redb::Database, rx: &Receiver<Msg>, label: &str, eventual: bool) {
     }
     if unsynced_since.is_some() {
         sync(db, label);
+    }
+}
+
+fn drain(rx: &Receiver<Msg>, batch: &mut Vec<Msg>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(msg) => batch.push(msg),
+            Err(_) => break,
+        }
     }
 }
 
