@@ -128,7 +128,10 @@ fn steps(c: &mut Criterion) {
     // A direct figure per step, printed for BENCHMARKS.md.
     let start = Instant::now();
     tokio.block_on(one_run(&rt, &prompt));
-    println!("file_immediate: {:?} per step", start.elapsed() / STEPS as u32);
+    println!(
+        "file_immediate: {:?} per step",
+        start.elapsed() / STEPS as u32
+    );
     group.finish();
 }
 

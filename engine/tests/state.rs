@@ -313,7 +313,7 @@ async fn a_slow_consumer_gets_every_event_of_a_long_run() {
             results += 1;
         }
         count += 1;
-        if count % 1000 == 0 {
+        if count.is_multiple_of(1000) {
             // The consumer is slow; the run waits for it instead of dropping events.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
