@@ -275,6 +275,35 @@ fn scan(c: &mut Criterion) {
         });
         store.close().unwrap();
     }
+    // The floor: bare redb iterating the same number of values of the same size, no decoding.
+    for len in [200usize, 1024] {
+        let db = bare_db(&dir.path().join(format!("scan-bare-{len}.redb")));
+        let value = rkyv_like_value(len);
+        for chunk in 0..100u64 {
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(BARE).unwrap();
+                for i in 0..1000 {
+                    t.insert(chunk * 1000 + i, value.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        g.throughput(Throughput::Elements(100_000));
+        g.bench_function(BenchmarkId::new("bare_redb_no_decoding", len), |b| {
+            b.iter(|| {
+                use redb::{ReadableDatabase, ReadableTable};
+                let txn = db.begin_read().unwrap();
+                let t = txn.open_table(BARE).unwrap();
+                let mut bytes = 0usize;
+                for entry in t.iter().unwrap() {
+                    let (_, v) = entry.unwrap();
+                    bytes += v.value().len();
+                }
+                std::hint::black_box(bytes)
+            })
+        });
+    }
     g.finish();
 }
 
