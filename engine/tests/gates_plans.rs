@@ -201,3 +201,227 @@ async fn no_dispatcher_is_a_no_op_with_an_empty_result() {
     );
     assert_eq!(host.dispatch_count(), 0);
 }
+
+fn gated_runtime(host: &Arc<TestHost>) -> Gated {
+    build_gated(
+        plans_spec("acme", always(), never()),
+        GateHost::new(Arc::clone(host)),
+        Store::in_memory().unwrap(),
+        Options::default(),
+    )
+}
+
+#[tokio::test]
+async fn approved_plan_runs_the_dispatcher_only_after_the_decision() {
+    let host = dispatching(json!({"entitiesAffected": 1}));
+    let built = gated_runtime(&host);
+    let mut stream = built
+        .runtime
+        .query(&flow("demo-plan-1", demo_body()), "t1", None)
+        .unwrap();
+    let (before, approval_id) = until_approval(&mut stream).await;
+    let required = before.last().unwrap().clone();
+    let stored = results_of(&before, "storePlan")[0].clone();
+    assert_eq!(
+        required,
+        json!({"type": "approval-required", "data": {
+            "id": approval_id, "kind": "plan", "target": "demo-plan-1",
+            "payload": stored, "resourceId": "acme", "threadId": "t1-executor",
+            "correlationId": "demo-plan-1",
+        }})
+    );
+    // Registered before its event: the store already lists it as pending.
+    let info = built.runtime.run(stream.run_id()).unwrap();
+    assert_eq!(info.pending_approvals, vec![approval_id.clone()]);
+    assert_eq!(info.meta.status, flowai_storage::RunStatus::Suspended);
+    let next = stream.next().await.unwrap().unwrap().to_value();
+    assert_eq!(
+        next,
+        json!({"type": "plan-status-change", "data": {"planId": "demo-plan-1", "from": "draft", "to": "pending_approval"}})
+    );
+    assert_eq!(
+        host.dispatch_count(),
+        0,
+        "nothing dispatched before the decision"
+    );
+
+    built
+        .runtime
+        .respond_to_approval(&approval_id, decision("approve"))
+        .await
+        .unwrap();
+    let rest = collect(&mut stream).await;
+    assert_eq!(
+        gate_events(&rest),
+        [
+            "approval-decision:approve",
+            "plan-status-change:pending_approval->approved",
+            "tool-invocation:executePlan:result",
+            "tool-invocation:call_agent:result",
+        ]
+    );
+    assert_eq!(
+        rest[0],
+        json!({"type": "approval-decision", "data": {"id": approval_id, "outcome": {"outcome": "approve"}}})
+    );
+    assert_eq!(host.dispatch_count(), 1);
+    let result = &results_of(&rest, "executePlan")[0];
+    assert_eq!(result["entitiesAffected"], 1);
+    assert_eq!(result["resolvedActions"].as_array().unwrap().len(), 2);
+    let run = stream.run_id().to_owned();
+    let transitions: Vec<(String, String)> = records_of(&built.runtime, &run, "PlanTransitioned")
+        .into_iter()
+        .map(|(_, d)| {
+            (
+                d["from"].as_str().unwrap().to_owned(),
+                d["to"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        transitions,
+        [
+            (String::from("draft"), String::from("approved")),
+            (String::from("approved"), String::from("executing")),
+            (String::from("executing"), String::from("executed")),
+        ]
+    );
+    let info = built.runtime.run(&run).unwrap();
+    assert_eq!(info.meta.status, flowai_storage::RunStatus::Completed);
+    assert!(info.pending_approvals.is_empty());
+}
+
+/// Runs the flow to the plan gate, answers it, and returns the remaining events.
+async fn answer_plan_gate(
+    built: &Gated,
+    prompt: &str,
+    answer: flowai_runtime::Decision,
+) -> (String, String, Vec<Value>) {
+    let mut stream = built.runtime.query(prompt, "t1", None).unwrap();
+    let (_, approval_id) = until_approval(&mut stream).await;
+    built
+        .runtime
+        .respond_to_approval(&approval_id, answer)
+        .await
+        .unwrap();
+    let mut rest = collect(&mut stream).await;
+    // The gate's own status change follows approval-required (§3.2).
+    assert_eq!(
+        gate_events(&rest[..1]),
+        ["plan-status-change:draft->pending_approval"]
+    );
+    rest.remove(0);
+    (stream.run_id().to_owned(), approval_id, rest)
+}
+
+#[tokio::test]
+async fn rejected_plan_stays_draft_and_a_retry_asks_again() {
+    let host = dispatching(json!({"entitiesAffected": 1}));
+    let built = gated_runtime(&host);
+    let prompt = script(vec![
+        via("planner", vec![store_plan("p1", demo_body())]),
+        via("executor", vec![execute_plan("p1"), execute_plan("p1")]),
+        via("planner", vec![get_plan("p1")]),
+    ]);
+    let mut stream = built.runtime.query(&prompt, "t1", None).unwrap();
+    let (_, first) = until_approval(&mut stream).await;
+    built
+        .runtime
+        .respond_to_approval(
+            &first,
+            flowai_runtime::Decision {
+                outcome: String::from("reject"),
+                feedback: Some(String::from("too expensive")),
+                partial: None,
+            },
+        )
+        .await
+        .unwrap();
+    let between = read_until(&mut stream, |e| e["type"] == "approval-required").await;
+    let second = between.last().unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(first, second, "a retry gets a fresh approval id");
+    assert_eq!(
+        gate_events(&between),
+        [
+            "plan-status-change:draft->pending_approval",
+            "approval-decision:reject",
+            "plan-status-change:pending_approval->draft",
+            "tool-invocation:executePlan:result",
+            "tool-invocation:executePlan:call",
+            "approval-required:plan",
+        ]
+    );
+    assert_eq!(between[1]["data"]["feedback"], "too expensive");
+    assert_eq!(
+        results_of(&between, "executePlan"),
+        [json!({"error": "Plan p1 rejected: too expensive"})]
+    );
+    assert_eq!(host.dispatch_count(), 0);
+    built
+        .runtime
+        .respond_to_approval(&second, decision("reject"))
+        .await
+        .unwrap();
+    let rest = collect(&mut stream).await;
+    assert_eq!(
+        results_of(&rest, "executePlan"),
+        [json!({"error": "Plan p1 rejected: Plan rejected"})]
+    );
+    let plan = &results_of(&rest, "getPlan")[0];
+    assert_eq!(plan["status"], "draft");
+    assert_eq!(plan["approvedBy"], Value::Null);
+    assert_eq!(
+        host.dispatch_count(),
+        0,
+        "a rejected plan is never dispatched"
+    );
+    assert!(records_of(&built.runtime, stream.run_id(), "PlanTransitioned").is_empty());
+}
+
+#[tokio::test]
+async fn revised_plan_is_a_success_result_with_the_partial() {
+    let host = dispatching(json!({"entitiesAffected": 1}));
+    let built = gated_runtime(&host);
+    let answer = flowai_runtime::Decision {
+        outcome: String::from("revise"),
+        feedback: Some(String::from("smaller")),
+        partial: Some(json!({"actions": [{"kind": "notify"}]})),
+    };
+    let (_, approval_id, rest) = answer_plan_gate(&built, &flow("p1", demo_body()), answer).await;
+    assert_eq!(
+        rest[0],
+        json!({"type": "approval-decision", "data": {
+            "id": approval_id, "feedback": "smaller",
+            "outcome": {"outcome": "revise", "partial": {"actions": [{"kind": "notify"}]}},
+        }})
+    );
+    assert_eq!(
+        gate_events(&rest)[..3],
+        [
+            "approval-decision:revise",
+            "plan-status-change:pending_approval->draft",
+            "tool-invocation:executePlan:result",
+        ]
+    );
+    assert_eq!(
+        results_of(&rest, "executePlan"),
+        [
+            json!({"rejected": true, "should_revise": true, "plan_id": "p1", "partial": {"actions": [{"kind": "notify"}]}})
+        ]
+    );
+    assert_eq!(host.dispatch_count(), 0);
+
+    let (_, approval_id, rest) =
+        answer_plan_gate(&built, &flow("p2", demo_body()), decision("revise")).await;
+    assert_eq!(
+        rest[0],
+        json!({"type": "approval-decision", "data": {"id": approval_id, "outcome": {"outcome": "revise", "partial": null}}})
+    );
+    assert_eq!(
+        results_of(&rest, "executePlan"),
+        [json!({"rejected": true, "should_revise": true, "plan_id": "p2", "partial": null})]
+    );
+}
