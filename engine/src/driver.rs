@@ -100,7 +100,7 @@ pub(crate) struct Driver {
     memory_out: Vec<IndexUpdate>,
     /// Plans as this run's journal last showed them (resume and verify never read
     /// plan state from the live table for a plan the run itself wrote).
-    pub(crate) plans: std::collections::BTreeMap<String, Value>,
+    pub(crate) plans: std::collections::BTreeMap<String, crate::plans::KnownPlan>,
 }
 
 pub(crate) fn raw(value: &Value) -> Result<Json, EngineError> {
