@@ -918,13 +918,15 @@ impl Driver {
                             },
                         ],
                     )?;
-                    let committed = self.j.flush().await;
+                    // Acknowledge once durable, before the events wait on the consumer:
+                    // a host answering between two reads must not block (API.md §2.4).
+                    let committed = self.j.commit().await;
                     let reply = match &committed {
-                        Ok(()) => Ok(()),
+                        Ok(_) => Ok(()),
                         Err(e) => Err(EngineError::Internal(format!("decision not recorded: {e}"))),
                     };
                     let _ = ack.send(reply);
-                    committed?;
+                    self.j.deliver(committed?).await;
                     tracing::info!(run_id = %self.run, approval_id, outcome = %decision.outcome, "approval decided");
                     return Ok(decided);
                 }
