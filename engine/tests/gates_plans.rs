@@ -827,3 +827,41 @@ async fn a_plan_stored_by_an_earlier_run_is_gated_and_executed_unchanged() {
     assert_eq!(executed, &expected, "only lifecycle fields change");
     assert_eq!(executed["status"], "executed");
 }
+
+#[tokio::test]
+async fn a_plan_being_executed_cannot_be_stored_over() {
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate_host = GateHost::holding(
+        dispatching(json!({"entitiesAffected": 1})),
+        Arc::clone(&hold),
+    );
+    let built = build_gated(
+        plans_spec("acme", never(), never()),
+        gate_host.clone(),
+        Store::in_memory().unwrap(),
+        Options::default(),
+    );
+    let mut executing = built
+        .runtime
+        .query(&flow("p", demo_body()), "t1", None)
+        .unwrap();
+    let first = tokio::spawn(async move { collect(&mut executing).await });
+    // The first run now sits inside the dispatcher with the plan `executing`.
+    gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+    let mut other = built
+        .runtime
+        .query(
+            &script(vec![via("planner", vec![store_plan("p", demo_body())])]),
+            "t2",
+            None,
+        )
+        .unwrap();
+    let events = collect(&mut other).await;
+    assert_eq!(
+        results_of(&events, "storePlan"),
+        [json!({"error": "plan p is executing"})]
+    );
+    hold.add_permits(1);
+    let events = first.await.unwrap();
+    assert_eq!(results_of(&events, "executePlan")[0]["entitiesAffected"], 1);
+}
