@@ -260,6 +260,23 @@ impl RunJournal {
         Ok(seq)
     }
 
+    /// Moves into the cursor the records a host appended after this run's last one
+    /// (a decision journaled while the run was being started); their events are
+    /// delivered when they are taken. Call with nothing buffered.
+    pub(crate) fn catch_up(&mut self) -> Result<(), EngineError> {
+        if !self.pending.is_empty() {
+            return Err(EngineError::Internal(String::from(
+                "catch_up with uncommitted records",
+            )));
+        }
+        for stored in self.store.records(self.run_id, self.next_seq)? {
+            self.undelivered_from = self.undelivered_from.min(stored.seq);
+            self.next_seq = stored.seq + 1;
+            self.cursor.push_back(stored);
+        }
+        Ok(())
+    }
+
     /// Adds index updates to the next commit without a record.
     pub(crate) fn push_updates(&mut self, updates: Vec<IndexUpdate>) {
         self.pending_updates.extend(updates);
