@@ -346,3 +346,88 @@ async fn cancelling_a_run_waiting_in_this_runtime() {
     );
     assert_eq!(host.dispatch_count(), 0);
 }
+
+#[tokio::test]
+async fn an_unfinished_dispatch_is_attempted_again_under_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.redb");
+    let (run_id, first_key) = {
+        let hold = Arc::new(tokio::sync::Semaphore::new(0));
+        let host = dispatching();
+        let gate_host = GateHost::holding(Arc::clone(&host), hold);
+        let store = Store::open(&path, Default::default()).unwrap();
+        let built = build_gated(
+            plans_spec("acme", never(), never()),
+            gate_host.clone(),
+            store.clone(),
+            Options::default(),
+        );
+        let mut stream = built.runtime.query(&prompt(), "t1", None).unwrap();
+        let run_id = stream.run_id().to_owned();
+        let reader = tokio::spawn(async move { collect(&mut stream).await });
+        // The dispatcher has been entered (DispatchStarted is durable) and never returns:
+        // closing the runtime now is a crash inside the side effect.
+        gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+        built.runtime.close().unwrap();
+        let _ = reader.await;
+        let started = records_of(&built.runtime, &run_id, "DispatchStarted");
+        assert_eq!(started.len(), 1);
+        let key = started[0].1["idempotencyKey"].as_str().unwrap().to_owned();
+        assert_eq!(
+            host.dispatch_count(),
+            0,
+            "held before the dispatcher itself ran"
+        );
+        (run_id, key)
+    };
+
+    let host = dispatching();
+    let store = Store::open(&path, Default::default()).unwrap();
+    let built = build_gated(
+        plans_spec("acme", never(), never()),
+        GateHost::new(Arc::clone(&host)),
+        store,
+        Options {
+            ids_from: 3 * START_MS as u64,
+            ..Options::default()
+        },
+    );
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Interrupted
+    );
+    let pending: Vec<String> = built
+        .runtime
+        .pending()
+        .unwrap()
+        .iter()
+        .map(|info| info.meta.run_id.to_string())
+        .collect();
+    assert_eq!(pending, [run_id.clone()]);
+    let events = collect(&mut built.runtime.resume(&run_id, false).unwrap()).await;
+    let dispatches = host.dispatches.lock().unwrap().clone();
+    assert_eq!(dispatches.len(), 1);
+    assert_eq!(dispatches[0].2, first_key, "same idempotency key");
+    assert_eq!(dispatches[0].3, 2, "next attempt");
+    let seq = executing_seq(&built.runtime, &run_id);
+    assert_eq!(first_key, format!("{run_id}:demo-plan-1:{seq}"));
+    assert_eq!(results_of(&events, "executePlan")[0]["entitiesAffected"], 2);
+    // executePlan is re-entered, not restarted: one call event, one result event.
+    assert_eq!(
+        gate_events(&events),
+        [
+            "tool-invocation:executePlan:result",
+            "tool-invocation:call_agent:result"
+        ]
+    );
+    let attempts: Vec<u64> = records_of(&built.runtime, &run_id, "DispatchStarted")
+        .iter()
+        .map(|(_, d)| d["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, [1, 2]);
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Completed
+    );
+    built.runtime.verify(&run_id).await.unwrap();
+}
