@@ -39,6 +39,9 @@ pub(crate) enum Control {
         decision: Decision,
         ack: oneshot::Sender<Result<(), EngineError>>,
     },
+    /// A host appended records to the run's journal (a decision recorded while the
+    /// run was starting to be driven): read them before waiting.
+    Appended,
     Cancel,
 }
 
@@ -96,11 +99,13 @@ pub(crate) struct Driver {
     run: String,
     tenant: String,
     control: Option<mpsc::UnboundedReceiver<Control>>,
+    /// Control messages that arrived before the gate they are for (while replaying).
+    deferred: std::collections::VecDeque<Control>,
     cancel_requested: bool,
     memory_out: Vec<IndexUpdate>,
     /// Plans as this run's journal last showed them (resume and verify never read
     /// plan state from the live table for a plan the run itself wrote).
-    pub(crate) plans: std::collections::BTreeMap<String, Value>,
+    pub(crate) plans: std::collections::BTreeMap<String, crate::plans::KnownPlan>,
 }
 
 pub(crate) fn raw(value: &Value) -> Result<Json, EngineError> {
@@ -127,6 +132,7 @@ impl Driver {
             run,
             tenant,
             control,
+            deferred: std::collections::VecDeque::new(),
             cancel_requested,
             memory_out: Vec::new(),
             plans: std::collections::BTreeMap::new(),
@@ -329,12 +335,8 @@ impl Driver {
             while let Ok(message) = control.try_recv() {
                 match message {
                     Control::Cancel => self.cancel_requested = true,
-                    Control::Decide {
-                        approval_id, ack, ..
-                    } => {
-                        // Nothing waits for this approval any more.
-                        let _ = ack.send(Err(EngineError::ApprovalResolved(approval_id)));
-                    }
+                    // A resumed run may be answered while it replays toward its gate.
+                    other => self.deferred.push_back(other),
                 }
             }
         }
@@ -886,15 +888,28 @@ impl Driver {
             if self.cancel_requested {
                 return Err(EngineError::CancelRequested);
             }
-            let Some(control) = self.control.as_mut() else {
-                // Nobody can answer in this process: the run stays suspended.
-                return Err(EngineError::JournalEnd);
-            };
-            let Some(message) = control.recv().await else {
-                return Err(EngineError::JournalEnd);
+            let message = match self.deferred.pop_front() {
+                Some(message) => message,
+                None => {
+                    let Some(control) = self.control.as_mut() else {
+                        // Nobody can answer in this process: the run stays suspended.
+                        return Err(EngineError::JournalEnd);
+                    };
+                    let Some(message) = control.recv().await else {
+                        return Err(EngineError::JournalEnd);
+                    };
+                    message
+                }
             };
             match message {
                 Control::Cancel => self.cancel_requested = true,
+                Control::Appended => {
+                    self.j.flush().await?;
+                    self.j.catch_up()?;
+                    if let Some((_, decided)) = self.j.take::<payloads::ApprovalDecided>().await? {
+                        return Ok(decided);
+                    }
+                }
                 Control::Decide {
                     approval_id: id,
                     decision,
@@ -938,13 +953,15 @@ impl Driver {
                             },
                         ],
                     )?;
-                    let committed = self.j.flush().await;
+                    // Acknowledge once durable, before the events wait on the consumer:
+                    // a host answering between two reads must not block (API.md §2.4).
+                    let committed = self.j.commit().await;
                     let reply = match &committed {
-                        Ok(()) => Ok(()),
+                        Ok(_) => Ok(()),
                         Err(e) => Err(EngineError::Internal(format!("decision not recorded: {e}"))),
                     };
                     let _ = ack.send(reply);
-                    committed?;
+                    self.j.deliver(committed?).await;
                     tracing::info!(run_id = %self.run, approval_id, outcome = %decision.outcome, "approval decided");
                     return Ok(decided);
                 }

@@ -260,6 +260,23 @@ impl RunJournal {
         Ok(seq)
     }
 
+    /// Moves into the cursor the records a host appended after this run's last one
+    /// (a decision journaled while the run was being started); their events are
+    /// delivered when they are taken. Call with nothing buffered.
+    pub(crate) fn catch_up(&mut self) -> Result<(), EngineError> {
+        if !self.pending.is_empty() {
+            return Err(EngineError::Internal(String::from(
+                "catch_up with uncommitted records",
+            )));
+        }
+        for stored in self.store.records(self.run_id, self.next_seq)? {
+            self.undelivered_from = self.undelivered_from.min(stored.seq);
+            self.next_seq = stored.seq + 1;
+            self.cursor.push_back(stored);
+        }
+        Ok(())
+    }
+
     /// Adds index updates to the next commit without a record.
     pub(crate) fn push_updates(&mut self, updates: Vec<IndexUpdate>) {
         self.pending_updates.extend(updates);
@@ -272,8 +289,16 @@ impl RunJournal {
 
     /// Commits the buffered records in one append, then delivers their events.
     pub(crate) async fn flush(&mut self) -> Result<(), EngineError> {
+        let events = self.commit().await?;
+        self.deliver(events).await;
+        Ok(())
+    }
+
+    /// Commits the buffered records in one append and returns their events, not yet
+    /// delivered: a caller can acknowledge the commit before waiting on the consumer.
+    pub(crate) async fn commit(&mut self) -> Result<Vec<Event>, EngineError> {
         if self.pending.is_empty() && self.pending_updates.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let pending = std::mem::take(&mut self.pending);
         let updates = std::mem::take(&mut self.pending_updates);
@@ -294,15 +319,21 @@ impl RunJournal {
         };
         tracing::debug!(run_id = %self.run_id, first_seq, records = pending.len(), "journal commit");
         self.store.append(request).await?;
+        let mut out = Vec::new();
         for (offset, p) in pending.into_iter().enumerate() {
             let seq = first_seq + offset as u64;
             let events = self
                 .projector
                 .project(seq, p.record.kind, &p.record.payload)?;
-            for event in events.into_iter().skip(p.already_emitted) {
-                self.sink.send(event).await;
-            }
+            out.extend(events.into_iter().skip(p.already_emitted));
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// Delivers committed events to the consumer (back-pressure applies here).
+    pub(crate) async fn deliver(&mut self, events: Vec<Event>) {
+        for event in events {
+            self.sink.send(event).await;
+        }
     }
 }

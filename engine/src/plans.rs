@@ -184,24 +184,59 @@ fn recorded_outcome() -> ToolOutcome {
     ToolOutcome::ok(Value::Null)
 }
 
-fn plan_row(driver: &mut Driver, plan: &Value, version: u64, seq: u64) -> IndexUpdate {
-    let plan_id = plan.get("id").and_then(Value::as_str).unwrap_or_default();
+/// A plan as this run last journaled it. The version is kept beside the JSON because
+/// the stored plan shape (§5.4) has no version field; it only feeds the plan table.
+#[derive(Clone, Debug)]
+pub(crate) struct KnownPlan {
+    pub(crate) plan: Value,
+    pub(crate) version: u64,
+}
+
+fn plan_row(driver: &mut Driver, plan_id: &str, known: &KnownPlan, seq: u64) -> IndexUpdate {
+    let run_id = driver.journal().run_id();
     IndexUpdate::PutPlan(PlanRow {
         tenant: driver.tenant().to_owned(),
         plan_id: plan_id.to_owned(),
-        version,
-        status: status_of(plan).to_owned(),
-        body: plan.to_string(),
-        run_id: driver.journal().run_id(),
+        version: known.version,
+        status: status_of(&known.plan).to_owned(),
+        body: known.plan.to_string(),
+        run_id,
         seq,
     })
+}
+
+/// The plan table's row, read live (store-only built-ins and plans of earlier runs).
+fn stored_row(driver: &mut Driver, plan_id: &str) -> Result<Option<KnownPlan>, EngineError> {
+    let tenant = driver.tenant().to_owned();
+    let Some(row) = driver.journal().store().plan(&tenant, plan_id)? else {
+        return Ok(None);
+    };
+    let plan = serde_json::from_str(&row.body)
+        .map_err(|e| EngineError::Internal(format!("stored plan {plan_id} is not JSON: {e}")))?;
+    Ok(Some(KnownPlan {
+        plan,
+        version: row.version,
+    }))
+}
+
+/// The version of a plan this run learns from a record that does not carry one. Only
+/// the plan table's rows use it, so the live table is an acceptable source.
+fn version_hint(driver: &mut Driver, plan_id: &str) -> Result<u64, EngineError> {
+    if let Some(known) = driver.plans.get(plan_id) {
+        return Ok(known.version);
+    }
+    Ok(stored_row(driver, plan_id)?.map_or(1, |known| known.version))
 }
 
 async fn store_plan(driver: &mut Driver, args: &Value) -> Result<ToolOutcome, EngineError> {
     match driver.journal().peek_kind() {
         Some(RecordKind::PlanStored) => {
             if let Some((_, stored)) = driver.journal().take::<payloads::PlanStored>().await? {
-                driver.plans.insert(stored.plan_id, parse_raw(&stored.plan));
+                let known = KnownPlan {
+                    plan: parse_raw(&stored.plan),
+                    version: stored.version,
+                };
+                driver.plans.insert(stored.plan_id, known);
             }
             return Ok(recorded_outcome());
         }
@@ -231,31 +266,18 @@ async fn store_plan(driver: &mut Driver, args: &Value) -> Result<ToolOutcome, En
         Ok(flat) => flat,
         Err(message) => return Ok(ToolOutcome::error(message)),
     };
-    let tenant = driver.tenant().to_owned();
+    // Another run may be executing the plan, so the live table decides when this run
+    // has not touched the plan itself.
     let previous = match driver.plans.get(&plan_id) {
-        Some(plan) => Some((plan.clone(), 0)),
-        None => driver
-            .journal()
-            .store()
-            .plan(&tenant, &plan_id)?
-            .map(|row| {
-                (
-                    serde_json::from_str(&row.body).unwrap_or(Value::Null),
-                    row.version,
-                )
-            }),
+        Some(known) => Some(known.clone()),
+        None => stored_row(driver, &plan_id)?,
     };
-    if let Some((plan, _)) = &previous
-        && status_of(plan) == "executing"
-    {
-        return Ok(ToolOutcome::error(format!("plan {plan_id} is executing")));
+    if let Some(previous) = &previous {
+        if status_of(&previous.plan) == "executing" {
+            return Ok(ToolOutcome::error(format!("plan {plan_id} is executing")));
+        }
     }
-    let version = previous.as_ref().map_or(1, |(plan, version)| {
-        plan.get("version")
-            .and_then(Value::as_u64)
-            .unwrap_or(*version)
-            + 1
-    });
+    let version = previous.map_or(1, |known| known.version + 1);
     let now = rfc3339_ms(driver.journal().now_ms());
     let plan = json!({
         "id": plan_id, "owner": driver.tenant(), "actions": actions, "status": "draft",
@@ -263,8 +285,12 @@ async fn store_plan(driver: &mut Driver, args: &Value) -> Result<ToolOutcome, En
         "startedAt": null, "completedAt": null, "failedAt": null, "approvedBy": null,
         "outcome": null,
     });
+    let known = KnownPlan {
+        plan: plan.clone(),
+        version,
+    };
     let seq = driver.journal().next_seq();
-    let row = plan_row(driver, &plan, version, seq);
+    let row = plan_row(driver, &plan_id, &known, seq);
     driver.journal().push(
         &payloads::PlanStored {
             plan_id: plan_id.clone(),
@@ -274,7 +300,7 @@ async fn store_plan(driver: &mut Driver, args: &Value) -> Result<ToolOutcome, En
         },
         vec![row],
     )?;
-    driver.plans.insert(plan_id, plan.clone());
+    driver.plans.insert(plan_id, known);
     Ok(ToolOutcome::ok(plan))
 }
 
@@ -286,12 +312,11 @@ fn get_plan(driver: &mut Driver, args: &Value) -> ToolOutcome {
         Ok(p) => p,
         Err(e) => return e,
     };
-    if let Some(plan) = driver.plans.get(plan_id) {
-        return ToolOutcome::ok(plan.clone());
+    if let Some(known) = driver.plans.get(plan_id) {
+        return ToolOutcome::ok(known.plan.clone());
     }
-    let tenant = driver.tenant().to_owned();
-    match driver.journal().store().plan(&tenant, plan_id) {
-        Ok(Some(row)) => ToolOutcome::ok(serde_json::from_str(&row.body).unwrap_or(Value::Null)),
+    match stored_row(driver, plan_id) {
+        Ok(Some(known)) => ToolOutcome::ok(known.plan),
         Ok(None) => ToolOutcome::ok(Value::Null),
         Err(e) => ToolOutcome::error(format!("plan store error: {e}")),
     }
@@ -318,83 +343,135 @@ async fn transition(
             ));
         }
         let plan = parse_raw(&recorded.plan);
-        driver.plans.insert(plan_id.to_owned(), plan.clone());
+        let version = version_hint(driver, plan_id)?;
+        driver.plans.insert(
+            plan_id.to_owned(),
+            KnownPlan {
+                plan: plan.clone(),
+                version,
+            },
+        );
         return Ok(plan);
     }
-    let mut plan = driver
+    let mut known = driver
         .plans
         .get(plan_id)
         .cloned()
         .ok_or_else(|| EngineError::Internal(format!("plan {plan_id} is not loaded")))?;
-    let from = status_of(&plan).to_owned();
+    let from = status_of(&known.plan).to_owned();
     check_transition(&from, to).map_err(EngineError::Internal)?;
     let now = rfc3339_ms(driver.journal().now_ms());
-    if let Some(object) = plan.as_object_mut() {
-        object.insert(String::from("status"), json!(to));
-        match to {
-            "approved" => {
-                object.insert(String::from("approvedAt"), json!(now));
-                object.insert(String::from("approvedBy"), json!("runtime"));
-            }
-            "executing" => {
-                object.insert(String::from("startedAt"), json!(now));
-            }
-            "executed" => {
-                object.insert(String::from("completedAt"), json!(now));
-            }
-            _ => {
-                object.insert(String::from("failedAt"), json!(now));
-            }
+    let Some(object) = known.plan.as_object_mut() else {
+        return Err(EngineError::Internal(format!(
+            "plan {plan_id} is not a JSON object"
+        )));
+    };
+    object.insert(String::from("status"), json!(to));
+    let stamp = match to {
+        "approved" => {
+            object.insert(String::from("approvedBy"), json!("runtime"));
+            "approvedAt"
         }
-        if let Some(outcome) = outcome {
-            object.insert(String::from("outcome"), outcome);
-        }
+        "executing" => "startedAt",
+        "executed" => "completedAt",
+        _ => "failedAt",
+    };
+    object.insert(String::from(stamp), json!(now));
+    if let Some(outcome) = outcome {
+        object.insert(String::from("outcome"), outcome);
     }
     let seq = driver.journal().next_seq();
-    let version = plan.get("version").and_then(Value::as_u64).unwrap_or(1);
-    let row = plan_row(driver, &plan, version, seq);
+    let row = plan_row(driver, plan_id, &known, seq);
     driver.journal().push(
         &payloads::PlanTransitioned {
             plan_id: plan_id.to_owned(),
             from,
             to: to.to_owned(),
-            plan: raw(&plan)?,
+            plan: raw(&known.plan)?,
             emit,
         },
         vec![row],
     )?;
-    driver.plans.insert(plan_id.to_owned(), plan.clone());
+    let plan = known.plan.clone();
+    driver.plans.insert(plan_id.to_owned(), known);
     Ok(plan)
 }
 
-/// The plan's status as this run's journal or the live table shows it.
-fn plan_status(driver: &mut Driver, plan_id: &str) -> Result<Option<String>, EngineError> {
-    if let Some(plan) = driver.plans.get(plan_id) {
-        return Ok(Some(status_of(plan).to_owned()));
-    }
-    if driver.journal().replaying() {
-        // A plan stored by an earlier run: the recorded records say which path was taken.
-        return Ok(match driver.journal().peek_kind() {
-            Some(RecordKind::PredicateEvaluated | RecordKind::ApprovalRequested) => {
-                Some(String::from("draft"))
+/// The plan as this run's own records show it where the run re-enters an
+/// `executePlan` of a plan it did not store: the gate's request carries the plan, a
+/// transition carries it too (with the status it left).
+fn recorded_plan(driver: &mut Driver, plan_id: &str) -> Result<Option<Value>, EngineError> {
+    let run = driver.journal().run_id();
+    let from = driver.journal().next_recorded_seq();
+    let mut found = None;
+    let mut failure = None;
+    driver
+        .journal()
+        .store()
+        .scan_records(run, from, &mut |seq, view| {
+            let parsed = match view.kind {
+                RecordKind::PredicateEvaluated => return std::ops::ControlFlow::Continue(()),
+                RecordKind::ApprovalRequested => {
+                    serde_json::from_str::<payloads::ApprovalRequested>(view.payload).map(|r| {
+                        (r.kind == "plan" && r.target == plan_id).then(|| parse_raw(&r.payload))
+                    })
+                }
+                RecordKind::PlanTransitioned => {
+                    serde_json::from_str::<payloads::PlanTransitioned>(view.payload).map(|r| {
+                        (r.plan_id == plan_id).then(|| {
+                            let mut plan = parse_raw(&r.plan);
+                            if let Some(object) = plan.as_object_mut() {
+                                object.insert(String::from("status"), json!(r.from));
+                            }
+                            plan
+                        })
+                    })
+                }
+                _ => Ok(None),
+            };
+            match parsed {
+                Ok(plan) => found = plan,
+                Err(e) => {
+                    failure = Some(EngineError::CorruptPayload {
+                        seq,
+                        kind: view.kind.name(),
+                        reason: e.to_string(),
+                    });
+                }
             }
-            _ => None,
-        });
+            std::ops::ControlFlow::Break(())
+        })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(found),
     }
-    let tenant = driver.tenant().to_owned();
-    match driver.journal().store().plan(&tenant, plan_id)? {
-        Some(row) => {
-            let plan: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
-            let status = status_of(&plan).to_owned();
-            let mut plan = plan;
-            if let Some(object) = plan.as_object_mut() {
-                object.insert(String::from("version"), json!(row.version));
-            }
-            driver.plans.insert(plan_id.to_owned(), plan);
-            Ok(Some(status))
-        }
-        None => Ok(None),
+}
+
+/// Makes the plan known to this run and returns its status; `None` if there is no
+/// such plan for this tenant.
+fn load_plan(driver: &mut Driver, plan_id: &str) -> Result<Option<String>, EngineError> {
+    if let Some(known) = driver.plans.get(plan_id) {
+        return Ok(Some(status_of(&known.plan).to_owned()));
     }
+    // Replaying: the run's records, not the live table, say what the plan was then.
+    let recorded = if driver.journal().replaying() {
+        recorded_plan(driver, plan_id)?
+    } else {
+        None
+    };
+    let known = match recorded {
+        Some(plan) => KnownPlan {
+            plan,
+            version: version_hint(driver, plan_id)?,
+        },
+        None => match stored_row(driver, plan_id)? {
+            Some(known) => known,
+            None => return Ok(None),
+        },
+    };
+    let status = status_of(&known.plan).to_owned();
+    driver.plans.insert(plan_id.to_owned(), known);
+    Ok(Some(status))
 }
 
 async fn execute_plan(
@@ -409,20 +486,19 @@ async fn execute_plan(
     if driver.journal().peek_kind() == Some(RecordKind::ToolCallCompleted)
         && !driver.plans.contains_key(&plan_id)
     {
+        // Ended without a gate or a transition (unknown plan, invalid state): the
+        // recorded result stands.
         return Ok(recorded_outcome());
     }
-    if driver.journal().peek_kind() == Some(RecordKind::PlanTransitioned)
-        && !driver.plans.contains_key(&plan_id)
-    {
-        // Re-entering an execution of a plan stored by an earlier run.
-        return execute_approved(driver, inv, &plan_id).await;
-    }
-    let Some(status) = plan_status(driver, &plan_id)? else {
+    let Some(status) = load_plan(driver, &plan_id)? else {
         return Ok(ToolOutcome::error(format!("plan not found: {plan_id}")));
     };
     match status.as_str() {
         "draft" => {
-            let plan = driver.plans.get(&plan_id).cloned().unwrap_or(Value::Null);
+            let plan = driver
+                .plans
+                .get(&plan_id)
+                .map_or(Value::Null, |known| known.plan.clone());
             let rule = inv.agent.policy.plan_rule().clone();
             let gate = driver
                 .gate(
@@ -438,36 +514,31 @@ async fn execute_plan(
                 GateOutcome::Open => {
                     transition(driver, &plan_id, "approved", true, None).await?;
                 }
-                GateOutcome::Decided(decided) => {
-                    if !driver.plans.contains_key(&plan_id) {
-                        driver.plans.insert(plan_id.clone(), plan);
+                GateOutcome::Decided(decided) => match decided.outcome.as_str() {
+                    "approve" => {
+                        transition(driver, &plan_id, "approved", false, None).await?;
                     }
-                    match decided.outcome.as_str() {
-                        "approve" => {
-                            transition(driver, &plan_id, "approved", false, None).await?;
-                        }
-                        "revise" => {
-                            let partial = decided.partial.as_deref().map_or(Value::Null, parse_raw);
-                            return Ok(ToolOutcome::ok(json!({
-                                "rejected": true, "should_revise": true,
-                                "plan_id": plan_id, "partial": partial,
-                            })));
-                        }
-                        "cancelled" => {
-                            return Ok(ToolOutcome::error(format!(
-                                "Plan {plan_id} approval was cancelled"
-                            )));
-                        }
-                        _ => {
-                            let reason = decided
-                                .feedback
-                                .unwrap_or_else(|| String::from("Plan rejected"));
-                            return Ok(ToolOutcome::error(format!(
-                                "Plan {plan_id} rejected: {reason}"
-                            )));
-                        }
+                    "revise" => {
+                        let partial = decided.partial.as_deref().map_or(Value::Null, parse_raw);
+                        return Ok(ToolOutcome::ok(json!({
+                            "rejected": true, "should_revise": true,
+                            "plan_id": plan_id, "partial": partial,
+                        })));
                     }
-                }
+                    "cancelled" => {
+                        return Ok(ToolOutcome::error(format!(
+                            "Plan {plan_id} approval was cancelled"
+                        )));
+                    }
+                    _ => {
+                        let reason = decided
+                            .feedback
+                            .unwrap_or_else(|| String::from("Plan rejected"));
+                        return Ok(ToolOutcome::error(format!(
+                            "Plan {plan_id} rejected: {reason}"
+                        )));
+                    }
+                },
             }
             execute_approved(driver, inv, &plan_id).await
         }

@@ -316,14 +316,13 @@ impl Runtime {
             interpreter: self.shared.interpreter.as_str().to_owned(),
             parent: None,
         };
-        Ok(self.stream_for(run, DriveMode::Live, Vec::new(), Some(started)))
+        Ok(self.stream_for(run, DriveMode::Live, Some(started)))
     }
 
     fn stream_for(
         &self,
         run: RunId,
         mode: DriveMode,
-        recorded: Vec<flowai_storage::StoredRecord>,
         started: Option<payloads::RunStarted>,
     ) -> RunStream {
         let (tx, rx) = mpsc::channel(self.shared.event_buffer);
@@ -331,20 +330,6 @@ impl Runtime {
         let shared = Arc::clone(&self.shared);
         let start = Box::new(move |cancelled: bool| {
             let (control_tx, control_rx) = mpsc::unbounded_channel();
-            let sink = EventSink::new(tx);
-            let journal = match mode {
-                DriveMode::Live => {
-                    RunJournal::new_live(shared.store.clone(), run, Arc::clone(&shared.clock), sink)
-                }
-                _ => RunJournal::new_recorded(
-                    shared.store.clone(),
-                    run,
-                    Arc::clone(&shared.clock),
-                    mode,
-                    recorded,
-                    sink,
-                ),
-            };
             {
                 let mut active = shared.active.lock().unwrap_or_else(|p| p.into_inner());
                 if active.contains_key(&run) {
@@ -361,6 +346,37 @@ impl Runtime {
                     },
                 );
             }
+            // Read after registering: a decision journaled before this point is in the
+            // records, a later one reaches the driver as a control message.
+            let recorded = match mode {
+                DriveMode::Live => Vec::new(),
+                _ => match shared.store.records(run, 1) {
+                    Ok(recorded) => recorded,
+                    Err(e) => {
+                        shared
+                            .active
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&run);
+                        let _ = done_tx.send(Err(e.into()));
+                        return;
+                    }
+                },
+            };
+            let sink = EventSink::new(tx);
+            let journal = match mode {
+                DriveMode::Live => {
+                    RunJournal::new_live(shared.store.clone(), run, Arc::clone(&shared.clock), sink)
+                }
+                _ => RunJournal::new_recorded(
+                    shared.store.clone(),
+                    run,
+                    Arc::clone(&shared.clock),
+                    mode,
+                    recorded,
+                    sink,
+                ),
+            };
             let driver = Driver::new(Arc::clone(&shared), journal, Some(control_rx), cancelled);
             let cleanup = Arc::clone(&shared);
             let task = shared.handle.spawn(async move {
@@ -451,8 +467,7 @@ impl Runtime {
         if !allow_spec_change {
             self.check_spec(run_id, run)?;
         }
-        let recorded = self.shared.store.records(run, 1)?;
-        Ok(self.stream_for(run, DriveMode::Resume, recorded, None))
+        Ok(self.stream_for(run, DriveMode::Resume, None))
     }
 
     fn is_active(&self, run: RunId) -> bool {
@@ -546,7 +561,20 @@ impl Runtime {
             })
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                // A resume of this run may have started since the check above.
+                let control = self
+                    .shared
+                    .active
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&row.run_id)
+                    .map(|a| a.control.clone());
+                if let Some(control) = control {
+                    let _ = control.send(Control::Appended);
+                }
+                Ok(())
+            }
             Err(StoreError::PreconditionFailed { .. }) => {
                 Err(EngineError::ApprovalResolved(approval_id.to_owned()))
             }

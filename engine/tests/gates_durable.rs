@@ -1,0 +1,433 @@
+//! Durable approvals (API.md §9.3, DESIGN.md §3 rule 4, §5): a plan gate survives the
+//! runtime, is answered from a new runtime, and the run continues on resume with the
+//! dispatcher invoked exactly once under its idempotency key.
+
+#[path = "support/gates.rs"]
+mod gates;
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use flowai_runtime::EngineError;
+use flowai_storage::{RunStatus, Store};
+use gates::*;
+use serde_json::{Value, json};
+use support::*;
+
+fn prompt() -> String {
+    script(vec![
+        via("planner", vec![store_plan("demo-plan-1", demo_body())]),
+        via("executor", vec![execute_plan("demo-plan-1")]),
+    ])
+}
+
+fn open(path: &Path, host: &Arc<TestHost>, ids_from: u64) -> (Store, Gated) {
+    let store = Store::open(path, Default::default()).unwrap();
+    let built = build_gated(
+        plans_spec("acme", always(), never()),
+        GateHost::new(Arc::clone(host)),
+        store.clone(),
+        Options {
+            ids_from,
+            ..Options::default()
+        },
+    );
+    (store, built)
+}
+
+fn dispatching() -> Arc<TestHost> {
+    TestHost::new().dispatcher(|_, _| Ok(json!({"entitiesAffected": 2, "summary": "ok"})))
+}
+
+/// Runs the flow to its plan gate in a runtime that is then closed; returns the run
+/// id and the approval id.
+async fn suspend_at_plan_gate(path: &Path) -> (String, String) {
+    let host = dispatching();
+    let (store, built) = open(path, &host, START_MS as u64);
+    let mut stream = built.runtime.query(&prompt(), "t1", None).unwrap();
+    let (_, approval_id) = until_approval(&mut stream).await;
+    let run_id = stream.run_id().to_owned();
+    drop(stream);
+    built.runtime.close().unwrap();
+    store.close().unwrap();
+    assert_eq!(host.dispatch_count(), 0);
+    (run_id, approval_id)
+}
+
+/// The seq of the plan's `approved → executing` transition.
+fn executing_seq(runtime: &flowai_runtime::Runtime, run_id: &str) -> u64 {
+    records_of(runtime, run_id, "PlanTransitioned")
+        .into_iter()
+        .find(|(_, d)| d["to"] == "executing")
+        .map(|(seq, _)| seq)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn decision_from_a_new_runtime_continues_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.redb");
+    let (run_id, approval_id) = suspend_at_plan_gate(&path).await;
+
+    let host = dispatching();
+    let (_store, built) = open(&path, &host, 3 * START_MS as u64);
+    let info = built.runtime.run(&run_id).unwrap();
+    assert_eq!(info.meta.status, RunStatus::Suspended);
+    assert_eq!(info.pending_approvals, vec![approval_id.clone()]);
+    assert!(
+        built.runtime.pending().unwrap().is_empty(),
+        "undecided: nothing to do yet"
+    );
+
+    built
+        .runtime
+        .respond_to_approval(&approval_id, decision("approve"))
+        .await
+        .unwrap();
+    assert_eq!(
+        host.dispatch_count(),
+        0,
+        "the decision is journaled, the run not driven"
+    );
+    let pending: Vec<String> = built
+        .runtime
+        .pending()
+        .unwrap()
+        .iter()
+        .map(|info| info.meta.run_id.to_string())
+        .collect();
+    assert_eq!(pending, [run_id.clone()]);
+    let decided = records_of(&built.runtime, &run_id, "ApprovalDecided");
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0].1["origin"], "host");
+    assert_eq!(
+        built
+            .runtime
+            .respond_to_approval(&approval_id, decision("reject"))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(format!("approval already resolved: {approval_id}"))
+    );
+
+    let mut resumed = built.runtime.resume(&run_id, false).unwrap();
+    let events = collect(&mut resumed).await;
+    assert_eq!(
+        gate_events(&events),
+        [
+            "approval-decision:approve",
+            "plan-status-change:pending_approval->approved",
+            "tool-invocation:executePlan:result",
+            "tool-invocation:call_agent:result",
+        ]
+    );
+    assert_eq!(
+        events[0],
+        json!({"type": "approval-decision", "data": {"id": approval_id, "outcome": {"outcome": "approve"}}})
+    );
+    assert_eq!(
+        types(&events)[3..],
+        [
+            "text",
+            "finish",
+            "tool-agent:result",
+            "tool-invocation:result",
+            "text",
+            "finish",
+            "tool-agent:result"
+        ]
+    );
+    let dispatches = host.dispatches.lock().unwrap().clone();
+    assert_eq!(dispatches.len(), 1, "dispatched exactly once");
+    let seq = executing_seq(&built.runtime, &run_id);
+    assert_eq!(dispatches[0].2, format!("{run_id}:demo-plan-1:{seq}"));
+    assert_eq!(dispatches[0].3, 1);
+    let started = records_of(&built.runtime, &run_id, "DispatchStarted");
+    assert_eq!(started.len(), 1);
+    assert_eq!(
+        started[0].1["idempotencyKey"],
+        format!("{run_id}:demo-plan-1:{seq}")
+    );
+    assert_eq!(results_of(&events, "executePlan")[0]["entitiesAffected"], 2);
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Completed
+    );
+    assert!(built.runtime.pending().unwrap().is_empty());
+
+    // The whole journal replays to one consistent stream and verifies.
+    let replayed = event_values(&built.runtime.replay_events(&run_id).unwrap());
+    assert_eq!(replayed[replayed.len() - events.len()..], events[..]);
+    built.runtime.verify(&run_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn resume_while_undecided_waits_for_the_same_approval() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.redb");
+    let (run_id, approval_id) = suspend_at_plan_gate(&path).await;
+
+    let host = dispatching();
+    let (_store, built) = open(&path, &host, 3 * START_MS as u64);
+    let mut resumed = built.runtime.resume(&run_id, false).unwrap();
+    // Start the resumed run and answer while it replays toward its gate: the answer
+    // must reach the gate whatever point the replay has reached.
+    let (first, answered) = tokio::join!(
+        resumed.next(),
+        built
+            .runtime
+            .respond_to_approval(&approval_id, decision("approve"))
+    );
+    answered.unwrap();
+    let mut events = vec![first.unwrap().unwrap().to_value()];
+    events.extend(collect(&mut resumed).await);
+    assert_eq!(
+        gate_events(&events)[..2],
+        [
+            "approval-decision:approve",
+            "plan-status-change:pending_approval->approved"
+        ]
+    );
+    let requested = records_of(&built.runtime, &run_id, "ApprovalRequested");
+    assert_eq!(requested.len(), 1, "no second request");
+    assert_eq!(requested[0].1["approvalId"], approval_id);
+    assert_eq!(host.dispatch_count(), 1);
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Completed
+    );
+    built.runtime.verify(&run_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_answer_between_resume_and_the_first_read_is_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.redb");
+    let (run_id, approval_id) = suspend_at_plan_gate(&path).await;
+
+    let host = dispatching();
+    let (_store, built) = open(&path, &host, 3 * START_MS as u64);
+    // The stream exists but its run starts only on the first read.
+    let mut resumed = built.runtime.resume(&run_id, false).unwrap();
+    built
+        .runtime
+        .respond_to_approval(&approval_id, decision("approve"))
+        .await
+        .unwrap();
+    let events = tokio::time::timeout(std::time::Duration::from_secs(20), collect(&mut resumed))
+        .await
+        .expect("the resumed run saw the recorded decision");
+    assert_eq!(
+        gate_events(&events)[..2],
+        [
+            "approval-decision:approve",
+            "plan-status-change:pending_approval->approved"
+        ]
+    );
+    assert_eq!(host.dispatch_count(), 1);
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Completed
+    );
+}
+
+#[tokio::test]
+async fn resumed_gate_can_be_answered_through_the_resumed_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.redb");
+    let (run_id, approval_id) = suspend_at_plan_gate(&path).await;
+
+    let host = dispatching();
+    let (_store, built) = open(&path, &host, 3 * START_MS as u64);
+    let mut resumed = built.runtime.resume(&run_id, false).unwrap();
+    let reader = tokio::spawn(async move { collect(&mut resumed).await });
+    // Whether the answer is journaled directly or handed to the waiting gate, the
+    // run continues with this decision.
+    built
+        .runtime
+        .respond_to_approval(
+            &approval_id,
+            flowai_runtime::Decision {
+                outcome: String::from("reject"),
+                feedback: Some(String::from("later")),
+                partial: None,
+            },
+        )
+        .await
+        .unwrap();
+    let events = reader.await.unwrap();
+    assert_eq!(
+        results_of(&events, "executePlan"),
+        [json!({"error": "Plan demo-plan-1 rejected: later"})]
+    );
+    assert_eq!(host.dispatch_count(), 0);
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Completed
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_suspended_run_resolves_its_approvals() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.redb");
+    let (run_id, approval_id) = suspend_at_plan_gate(&path).await;
+
+    let host = dispatching();
+    let (_store, built) = open(&path, &host, 3 * START_MS as u64);
+    built.runtime.cancel(&run_id).await.unwrap();
+    let info = built.runtime.run(&run_id).unwrap();
+    assert_eq!(info.meta.status, RunStatus::Cancelled);
+    assert!(info.pending_approvals.is_empty());
+    assert_eq!(
+        built
+            .runtime
+            .respond_to_approval(&approval_id, decision("approve"))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(format!("approval already resolved: {approval_id}"))
+    );
+    assert!(matches!(
+        built.runtime.resume(&run_id, false).map(|_| ()),
+        Err(EngineError::RunFinished { .. })
+    ));
+    assert_eq!(
+        built
+            .runtime
+            .resume(&run_id, false)
+            .err()
+            .map(|e| e.to_string()),
+        Some(format!("run {run_id} is cancelled"))
+    );
+    // A cancelled approval yields no decision event on replay.
+    let replayed = event_values(&built.runtime.replay_events(&run_id).unwrap());
+    assert!(replayed.iter().all(|e| e["type"] != "approval-decision"));
+    assert!(built.runtime.pending().unwrap().is_empty());
+    assert_eq!(host.dispatch_count(), 0);
+}
+
+#[tokio::test]
+async fn cancelling_a_run_waiting_in_this_runtime() {
+    let host = dispatching();
+    let built = build_gated(
+        plans_spec("acme", always(), never()),
+        GateHost::new(Arc::clone(&host)),
+        Store::in_memory().unwrap(),
+        Options::default(),
+    );
+    let mut stream = built.runtime.query(&prompt(), "t1", None).unwrap();
+    let (_, approval_id) = until_approval(&mut stream).await;
+    let run_id = stream.run_id().to_owned();
+    built.runtime.cancel(&run_id).await.unwrap();
+    let rest = collect(&mut stream).await;
+    assert!(
+        rest.iter()
+            .all(|e: &Value| e["type"] != "approval-decision")
+    );
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Cancelled
+    );
+    assert_eq!(
+        built
+            .runtime
+            .respond_to_approval(&approval_id, decision("approve"))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(format!("approval already resolved: {approval_id}"))
+    );
+    assert_eq!(
+        built
+            .runtime
+            .resume(&run_id, false)
+            .err()
+            .map(|e| e.to_string()),
+        Some(format!("run {run_id} is cancelled"))
+    );
+    assert_eq!(host.dispatch_count(), 0);
+}
+
+#[tokio::test]
+async fn an_unfinished_dispatch_is_attempted_again_under_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.redb");
+    let (run_id, first_key) = {
+        let hold = Arc::new(tokio::sync::Semaphore::new(0));
+        let host = dispatching();
+        let gate_host = GateHost::holding(Arc::clone(&host), hold);
+        let store = Store::open(&path, Default::default()).unwrap();
+        let built = build_gated(
+            plans_spec("acme", never(), never()),
+            gate_host.clone(),
+            store.clone(),
+            Options::default(),
+        );
+        let mut stream = built.runtime.query(&prompt(), "t1", None).unwrap();
+        let run_id = stream.run_id().to_owned();
+        let reader = tokio::spawn(async move { collect(&mut stream).await });
+        // The dispatcher has been entered (DispatchStarted is durable) and never returns:
+        // closing the runtime now is a crash inside the side effect.
+        gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+        built.runtime.close().unwrap();
+        let _ = reader.await;
+        let started = records_of(&built.runtime, &run_id, "DispatchStarted");
+        assert_eq!(started.len(), 1);
+        let key = started[0].1["idempotencyKey"].as_str().unwrap().to_owned();
+        assert_eq!(
+            host.dispatch_count(),
+            0,
+            "held before the dispatcher itself ran"
+        );
+        (run_id, key)
+    };
+
+    let host = dispatching();
+    let store = Store::open(&path, Default::default()).unwrap();
+    let built = build_gated(
+        plans_spec("acme", never(), never()),
+        GateHost::new(Arc::clone(&host)),
+        store,
+        Options {
+            ids_from: 3 * START_MS as u64,
+            ..Options::default()
+        },
+    );
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Interrupted
+    );
+    let pending: Vec<String> = built
+        .runtime
+        .pending()
+        .unwrap()
+        .iter()
+        .map(|info| info.meta.run_id.to_string())
+        .collect();
+    assert_eq!(pending, [run_id.clone()]);
+    let events = collect(&mut built.runtime.resume(&run_id, false).unwrap()).await;
+    let dispatches = host.dispatches.lock().unwrap().clone();
+    assert_eq!(dispatches.len(), 1);
+    assert_eq!(dispatches[0].2, first_key, "same idempotency key");
+    assert_eq!(dispatches[0].3, 2, "next attempt");
+    let seq = executing_seq(&built.runtime, &run_id);
+    assert_eq!(first_key, format!("{run_id}:demo-plan-1:{seq}"));
+    assert_eq!(results_of(&events, "executePlan")[0]["entitiesAffected"], 2);
+    // executePlan is re-entered, not restarted: one call event, one result event.
+    assert_eq!(
+        gate_events(&events),
+        [
+            "tool-invocation:executePlan:result",
+            "tool-invocation:call_agent:result"
+        ]
+    );
+    let attempts: Vec<u64> = records_of(&built.runtime, &run_id, "DispatchStarted")
+        .iter()
+        .map(|(_, d)| d["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, [1, 2]);
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Completed
+    );
+    built.runtime.verify(&run_id).await.unwrap();
+}
