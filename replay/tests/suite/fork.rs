@@ -362,6 +362,7 @@ async fn an_attempt_without_outcome_runs_again_under_the_forks_key() {
         assert_eq!(calls[0].2, format!("{forked}:{call_seq}"));
         assert_eq!(calls[0].3, 1, "the fork's own first attempt");
         assert_eq!(replay(rt, &forked), replay(rt, &original));
+        rt.verify(&forked).await.unwrap();
         let redo = rt.journal(&forked, 0).unwrap();
         let redo = redo.iter().find(|e| e.kind == "AttemptStarted").unwrap();
         assert_eq!(redo.data["idempotencyKey"], format!("{forked}:{call_seq}"));
