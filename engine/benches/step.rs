@@ -23,8 +23,9 @@ struct EchoHost;
 #[async_trait]
 impl Host for EchoHost {
     async fn call_tool(&self, call: HostToolCall) -> HostToolOutcome {
+        // A small result, so that a step journals about 1 KB (the arguments).
         HostToolOutcome {
-            result: Ok(call.args),
+            result: Ok(json!({"n": call.args["n"].clone()})),
             created_references: Vec::new(),
         }
     }

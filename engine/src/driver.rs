@@ -290,13 +290,9 @@ impl Driver {
                 continue;
             }
             // The decision record names the request it resolves, like a host's would.
-            let request: Option<payloads::ApprovalRequested> = self
-                .j
-                .store()
-                .records(self.j.run_id(), approval.seq)?
-                .first()
-                .and_then(|r| serde_json::from_str(&r.record.payload).ok());
-            let (kind, target) = request.map(|r| (r.kind, r.target)).unwrap_or_default();
+            let (kind, target) = crate::runtime::approval_request(self.j.store(), &approval)?
+                .map(|r| (r.kind, r.target))
+                .unwrap_or_default();
             self.j.push(
                 &payloads::ApprovalDecided {
                     approval_id: approval.id.clone(),

@@ -553,11 +553,7 @@ impl Runtime {
             }
         }
         // Nobody drives the run here: journal the decision; `resume` continues it.
-        let requested = self.shared.store.records(row.run_id, row.seq)?;
-        let request: payloads::ApprovalRequested = requested
-            .first()
-            .filter(|r| r.record.kind == flowai_storage::RecordKind::ApprovalRequested)
-            .and_then(|r| serde_json::from_str(&r.record.payload).ok())
+        let request = approval_request(&self.shared.store, &row)?
             .ok_or_else(|| EngineError::ApprovalNotFound(approval_id.to_owned()))?;
         let partial = match (decision.outcome.as_str(), &decision.partial) {
             ("revise", Some(v)) => Some(to_raw(v)?),
@@ -658,13 +654,9 @@ impl Runtime {
             if approval.status != ApprovalStatus::Pending {
                 continue;
             }
-            let request: Option<payloads::ApprovalRequested> = self
-                .shared
-                .store
-                .records(run, approval.seq)?
-                .first()
-                .and_then(|r| serde_json::from_str(&r.record.payload).ok());
-            let (kind, target) = request.map(|r| (r.kind, r.target)).unwrap_or_default();
+            let (kind, target) = approval_request(&self.shared.store, &approval)?
+                .map(|r| (r.kind, r.target))
+                .unwrap_or_default();
             records.push(self.record_of(&payloads::ApprovalDecided {
                 approval_id: approval.id.clone(),
                 kind,
@@ -909,6 +901,22 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// The ApprovalRequested record an approval row points at (one record read, not the
+/// rest of the journal).
+pub(crate) fn approval_request(
+    store: &Store,
+    row: &flowai_storage::ApprovalRow,
+) -> Result<Option<payloads::ApprovalRequested>, EngineError> {
+    let mut found = None;
+    store.scan_records(row.run_id, row.seq, &mut |_, view| {
+        if view.kind == flowai_storage::RecordKind::ApprovalRequested {
+            found = serde_json::from_str(view.payload).ok();
+        }
+        std::ops::ControlFlow::Break(())
+    })?;
+    Ok(found)
 }
 
 fn to_raw(value: &Value) -> Result<payloads::Json, EngineError> {
