@@ -285,15 +285,35 @@ impl Driver {
         if self.j.mode() == DriveMode::Verify {
             return Ok(RunEnd::JournalEnd);
         }
-        let mut updates = Vec::new();
         for approval in self.j.store().approvals_of_run(self.j.run_id())? {
-            if approval.status == ApprovalStatus::Pending {
-                updates.push(IndexUpdate::SetApprovalStatus {
+            if approval.status != ApprovalStatus::Pending {
+                continue;
+            }
+            // The decision record names the request it resolves, like a host's would.
+            let request: Option<payloads::ApprovalRequested> = self
+                .j
+                .store()
+                .records(self.j.run_id(), approval.seq)?
+                .first()
+                .and_then(|r| serde_json::from_str(&r.record.payload).ok());
+            let (kind, target) = request.map(|r| (r.kind, r.target)).unwrap_or_default();
+            self.j.push(
+                &payloads::ApprovalDecided {
+                    approval_id: approval.id.clone(),
+                    kind,
+                    target,
+                    outcome: String::from("cancelled"),
+                    feedback: None,
+                    partial: None,
+                    origin: String::from("engine"),
+                },
+                vec![IndexUpdate::SetApprovalStatus {
                     id: approval.id,
                     status: ApprovalStatus::Cancelled,
-                });
-            }
+                }],
+            )?;
         }
+        let mut updates = Vec::new();
         updates.push(IndexUpdate::SetRunStatus {
             run_id: self.j.run_id(),
             status: RunStatus::Cancelled,
@@ -615,10 +635,10 @@ impl Driver {
         let Some(tool) = agent.tools.iter().find(|t| t.name == call.name) else {
             return Ok(ToolOutcome::error(format!("Unknown tool: {}", call.name)));
         };
-        if let ToolKind::Host { .. } = tool.kind {
-            if let Err(why) = tool.validate_args(args) {
-                return Ok(ToolOutcome::error(format!("Invalid input: {why}")));
-            }
+        if let ToolKind::Host { .. } = tool.kind
+            && let Err(why) = tool.validate_args(args)
+        {
+            return Ok(ToolOutcome::error(format!("Invalid input: {why}")));
         }
         let rule = agent.policy.tool_rule(&call.name).clone();
         match self
@@ -1106,13 +1126,13 @@ fn split_ui_keys(value: Value) -> (Value, Vec<payloads::UiEventRecord>) {
             text,
         });
     }
-    if let Some(summary) = map.remove("displaySummary") {
-        if let Value::String(text) = summary {
-            ui.push(payloads::UiEventRecord {
-                kind: String::from("text"),
-                text,
-            });
-        }
+    if let Some(summary) = map.remove("displaySummary")
+        && let Value::String(text) = summary
+    {
+        ui.push(payloads::UiEventRecord {
+            kind: String::from("text"),
+            text,
+        });
     }
     map.remove("_cardEmitted");
     (Value::Object(map), ui)

@@ -11,6 +11,7 @@ mod ids;
 mod interpret;
 mod journal;
 mod live;
+mod logging;
 mod plans;
 mod policy;
 pub mod providers;
@@ -27,9 +28,11 @@ pub use host::{
 };
 pub use ids::{IdSource, RandomIds, SequentialIds, rfc3339_ms};
 pub use journal::DriveMode;
+pub use logging::init_logging_from_env;
 pub use plans::{check_dispatch_envelope, check_transition, flatten_body};
 pub use runtime::{
-    CreatedRef, JournalEntry, RunStream, Runtime, RuntimeOptions, journal_entries, replay_events,
+    CreatedRef, EnvLookup, JournalEntry, RunStream, Runtime, RuntimeOptions, journal_entries,
+    replay_events,
 };
 pub use spec::{
     AgentPolicy, AgentRole, AgentSpec, AgentSpecError, ApprovalOverrides, ApprovalPolicies,

@@ -2,6 +2,7 @@
 //! resumes, inspects, replays and verifies runs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use flowai_storage::payloads;
@@ -20,6 +21,9 @@ use crate::ids::{IdSource, rfc3339_ms};
 use crate::journal::{DriveMode, EventSink, RunJournal};
 use crate::spec::{self, CompiledSpec, HostToolDecl, InterpreterChoice, RuntimeSpec};
 
+/// Looks up an environment variable (injected so tests never touch the real environment).
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Everything needed to build a [`Runtime`].
 pub struct RuntimeOptions {
     pub spec: RuntimeSpec,
@@ -33,7 +37,7 @@ pub struct RuntimeOptions {
     /// The tokio runtime that drives runs.
     pub handle: tokio::runtime::Handle,
     /// Environment lookup for provider keys (`apiKeyEnv`).
-    pub env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub env: EnvLookup,
     /// How many events a stream buffers before the run waits for its consumer.
     pub event_buffer: usize,
 }
@@ -58,7 +62,14 @@ pub(crate) struct Shared {
     /// Runs driven by this runtime now (lookup only; never iterated to decide anything).
     active: Mutex<HashMap<RunId, ActiveRun>>,
     closed: std::sync::atomic::AtomicBool,
+    /// Expired references are swept when a run starts and this much injected-clock
+    /// time has passed since the last sweep.
+    sweep_interval_ms: AtomicI64,
+    last_sweep_ms: AtomicI64,
 }
+
+/// Default interval of the periodic reference sweep.
+pub const DEFAULT_SWEEP_INTERVAL_MS: i64 = 60_000;
 
 /// The runtime handle. Cheap to clone.
 #[derive(Clone)]
@@ -108,10 +119,10 @@ impl RunStream {
             return;
         }
         let active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok(run) = self.run_id.parse::<RunId>() {
-            if let Some(active) = active.get(&run) {
-                let _ = active.control.send(Control::Cancel);
-            }
+        if let Ok(run) = self.run_id.parse::<RunId>()
+            && let Some(active) = active.get(&run)
+        {
+            let _ = active.control.send(Control::Cancel);
         }
     }
 }
@@ -164,6 +175,7 @@ impl Runtime {
         )?;
         let models = crate::live::build_clients(&compiled, &options.interpreter, &*options.env)?;
         let spec_json = recorded.to_string();
+        let now_ms = options.clock.now_ms();
         Ok(Runtime {
             shared: Arc::new(Shared {
                 store: options.store,
@@ -179,6 +191,8 @@ impl Runtime {
                 event_buffer: options.event_buffer.max(1),
                 active: Mutex::new(HashMap::new()),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                sweep_interval_ms: AtomicI64::new(DEFAULT_SWEEP_INTERVAL_MS),
+                last_sweep_ms: AtomicI64::new(now_ms),
             }),
         })
     }
@@ -193,6 +207,37 @@ impl Runtime {
 
     pub fn spec_hash(&self) -> &str {
         &self.shared.spec_hash
+    }
+
+    /// Sets the interval of the periodic reference sweep (injected-clock milliseconds).
+    pub fn set_sweep_interval_ms(&self, interval_ms: i64) {
+        self.shared
+            .sweep_interval_ms
+            .store(interval_ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Sweeps expired references in the background when the interval has passed.
+    fn maybe_sweep(&self) {
+        let now = self.shared.clock.now_ms();
+        let last = self.shared.last_sweep_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < self.shared.sweep_interval_ms.load(Ordering::Relaxed) {
+            return;
+        }
+        if self
+            .shared
+            .last_sweep_ms
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let store = self.shared.store.clone();
+        self.shared.handle.spawn(async move {
+            match store.gc_references(now).await {
+                Ok(removed) => tracing::debug!(removed, "reference sweep"),
+                Err(e) => tracing::warn!(error = %e, "reference sweep failed"),
+            }
+        });
     }
 
     fn check_open(&self) -> Result<(), EngineError> {
@@ -248,6 +293,7 @@ impl Runtime {
         agent: String,
     ) -> Result<RunStream, EngineError> {
         self.check_open()?;
+        self.maybe_sweep();
         let run = match run_id {
             Some(text) => {
                 let run = text.parse::<RunId>().map_err(|_| {
@@ -465,10 +511,10 @@ impl Runtime {
                 decision: decision.clone(),
                 ack: ack_tx,
             });
-            if sent.is_ok() {
-                if let Ok(reply) = ack_rx.await {
-                    return reply;
-                }
+            if sent.is_ok()
+                && let Ok(reply) = ack_rx.await
+            {
+                return reply;
             }
         }
         // Nobody drives the run here: journal the decision; `resume` continues it.
@@ -557,10 +603,10 @@ impl Runtime {
             .unwrap_or_else(|p| p.into_inner())
             .get(&run)
             .map(|a| a.control.clone());
-        if let Some(control) = control {
-            if control.send(Control::Cancel).is_ok() {
-                return Ok(());
-            }
+        if let Some(control) = control
+            && control.send(Control::Cancel).is_ok()
+        {
+            return Ok(());
         }
         match info.meta.status {
             RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled => {
@@ -662,7 +708,7 @@ impl Runtime {
                 out.push(info);
             }
         }
-        out.sort_by(|a, b| b.meta.run_id.cmp(&a.meta.run_id));
+        out.sort_by_key(|info| std::cmp::Reverse(info.meta.run_id));
         Ok(out)
     }
 
@@ -791,27 +837,27 @@ impl Runtime {
             let mut active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
             let runs: Vec<RunId> = active.keys().copied().collect();
             for run in &runs {
-                if let Some(entry) = active.remove(run) {
-                    if let Some(task) = entry.task {
-                        task.abort();
-                    }
+                if let Some(entry) = active.remove(run)
+                    && let Some(task) = entry.task
+                {
+                    task.abort();
                 }
             }
             runs
         };
         for run in stopped {
-            if let Some(info) = self.shared.store.run(run)? {
-                if info.meta.status == RunStatus::Running {
-                    self.shared.store.append_blocking(AppendRequest {
-                        run: None,
-                        index_updates: vec![IndexUpdate::SetRunStatus {
-                            run_id: run,
-                            status: RunStatus::Interrupted,
-                            at_ms: self.shared.clock.now_ms(),
-                        }],
-                        precondition: Precondition::RunStatusIn(run, vec![RunStatus::Running]),
-                    })?;
-                }
+            if let Some(info) = self.shared.store.run(run)?
+                && info.meta.status == RunStatus::Running
+            {
+                self.shared.store.append_blocking(AppendRequest {
+                    run: None,
+                    index_updates: vec![IndexUpdate::SetRunStatus {
+                        run_id: run,
+                        status: RunStatus::Interrupted,
+                        at_ms: self.shared.clock.now_ms(),
+                    }],
+                    precondition: Precondition::RunStatusIn(run, vec![RunStatus::Running]),
+                })?;
             }
         }
         Ok(())

@@ -1,4 +1,5 @@
 //! End-to-end runs through the driver with a Rust test host (API.md §3, §4, §5.1, §5.7).
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
@@ -319,4 +320,91 @@ async fn restart_reads_back_the_same_journal_and_stream() {
     let replayed = event_values(&built.runtime.replay_events(&run_id).unwrap());
     assert_eq!(replayed, live);
     built.runtime.verify(&run_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn cancelling_a_run_waiting_at_a_gate_resolves_its_approval() {
+    let host = TestHost::new().handler("delete_all", |_| Ok(json!({"deleted": true})));
+    let built = build(
+        coordinator_spec(),
+        vec![host_tool(
+            "specialist",
+            "delete_all",
+            json!({"type": "object"}),
+            json!({"kind": "always"}),
+        )],
+        host.clone(),
+        Store::in_memory().unwrap(),
+        InterpreterChoice::Scripted,
+    )
+    .unwrap();
+    let mut stream = built
+        .runtime
+        .run_specialist(
+            "specialist",
+            r#"{"tool": "delete_all", "args": {}}"#,
+            None,
+            None,
+        )
+        .unwrap();
+    let (_, approval) = until_approval(&mut stream).await;
+    assert_eq!(
+        built.runtime.run(stream.run_id()).unwrap().meta.status,
+        RunStatus::Suspended
+    );
+    built.runtime.cancel(stream.run_id()).await.unwrap();
+    let rest = collect(&mut stream).await;
+    assert!(
+        rest.is_empty(),
+        "a cancelled run emits nothing more: {rest:?}"
+    );
+    assert_eq!(
+        built.runtime.run(stream.run_id()).unwrap().meta.status,
+        RunStatus::Cancelled
+    );
+    assert_eq!(host.tool_call_count(), 0, "the gated handler never ran");
+    let err = built
+        .runtime
+        .respond_to_approval(&approval, decision("approve"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("approval already resolved: {approval}")
+    );
+    let kinds: Vec<&str> = built
+        .runtime
+        .journal(stream.run_id(), 0)
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        &kinds[kinds.len() - 2..],
+        ["ApprovalDecided", "RunCancelled"]
+    );
+    let err = built.runtime.resume(stream.run_id(), false).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        format!("run {} is cancelled", stream.run_id())
+    );
+}
+
+#[tokio::test]
+async fn a_stream_cancelled_before_it_starts_records_a_cancelled_run() {
+    let built = build(
+        coordinator_spec(),
+        vec![],
+        TestHost::new(),
+        Store::in_memory().unwrap(),
+        InterpreterChoice::Noop,
+    )
+    .unwrap();
+    let mut stream = built.runtime.query("x", "t", None).unwrap();
+    stream.cancel();
+    assert!(collect(&mut stream).await.is_empty());
+    assert_eq!(
+        built.runtime.run(stream.run_id()).unwrap().meta.status,
+        RunStatus::Cancelled
+    );
 }

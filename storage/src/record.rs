@@ -221,6 +221,25 @@ mod tests {
         assert!(err.contains("unknown record kind tag 999"), "{err}");
     }
 
+    /// The envelope layout is part of the file format (FORMAT.md): a change here is a new
+    /// format version, never an edit of these bytes.
+    #[test]
+    fn envelope_bytes_are_stable() {
+        let bytes = encode(Record {
+            kind: RecordKind::ToolCallStarted,
+            version: 2,
+            at_ms: 0x0102_0304_0506_0708,
+            payload: "{\"tool\":\"search\"}".into(),
+        })
+        .unwrap();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "7b22746f6f6c223a22736561726368227d07000200080706050403020191000000e3ffffff"
+        );
+        assert_eq!(bytes.len(), 17 + 20, "payload bytes, then a 20-byte root");
+    }
+
     fn any_kind() -> impl Strategy<Value = RecordKind> {
         (0usize..RecordKind::ALL.len()).prop_map(|i| RecordKind::ALL[i])
     }

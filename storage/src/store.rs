@@ -880,3 +880,38 @@ impl<'a> RunReader<'a> {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + 'static>(_: &T) {}
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn store_and_its_futures_cross_threads() {
+        let store = Store::in_memory().unwrap();
+        assert_send_sync(&store);
+        let append = store.append(AppendRequest::default());
+        assert_send(&append);
+        let gc = store.gc_references(0);
+        assert_send(&gc);
+        drop((append, gc));
+        // The writer thread works without any tokio runtime in sight.
+        assert_eq!(
+            store.append_blocking(AppendRequest::default()).unwrap(),
+            AppendAck::default()
+        );
+        assert_eq!(store.gc_references_blocking(0).unwrap(), 0);
+    }
+
+    #[test]
+    fn append_resolves_on_a_current_thread_runtime() {
+        let store = Store::in_memory().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let ack = rt.block_on(store.append(AppendRequest::default())).unwrap();
+        assert_eq!(ack, AppendAck::default());
+    }
+}

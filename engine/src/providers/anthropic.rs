@@ -27,23 +27,29 @@ pub fn request_body(provider: &str, req: &ModelRequest) -> Result<Value, Provide
     let mut messages: Vec<Value> = Vec::new();
     for msg in &req.messages {
         let (role, blocks) = match msg {
+            // The API rejects empty text blocks.
+            ChatMessage::User { text } if text.is_empty() => ("user", Vec::new()),
             ChatMessage::User { text } => ("user", vec![json!({"type": "text", "text": text})]),
             ChatMessage::Assistant { text, tool_calls } => {
                 let mut blocks = Vec::new();
-                // The API rejects empty text blocks; an assistant turn may be tool calls only.
+                // An assistant turn may be tool calls only; no empty text block then.
                 if !text.is_empty() {
                     blocks.push(json!({"type": "text", "text": text}));
                 }
                 for call in tool_calls {
-                    let input: Value = serde_json::from_str(&call.args).map_err(|e| {
-                        ProviderError::InvalidRequest {
+                    // A call without arguments may have been recorded with empty args.
+                    let args = match call.args.trim() {
+                        "" => "{}",
+                        a => a,
+                    };
+                    let input: Value =
+                        serde_json::from_str(args).map_err(|e| ProviderError::InvalidRequest {
                             provider: provider.to_string(),
                             message: format!(
                                 "arguments of tool call '{}' ({}) are not JSON: {e}",
                                 call.id, call.name
                             ),
-                        }
-                    })?;
+                        })?;
                     blocks.push(json!({
                         "type": "tool_use", "id": call.id, "name": call.name, "input": input,
                     }));

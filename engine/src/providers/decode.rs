@@ -17,7 +17,8 @@ use super::openai::OpenAiDecoder;
 use super::types::{Chunk, FinishReason, ToolCall, Usage};
 
 /// What a complete stream decoded to (the transport adds timing and retry figures).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Decoded {
     pub chunks: Vec<Chunk>,
     pub tool_calls: Vec<ToolCall>,

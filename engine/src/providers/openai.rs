@@ -225,7 +225,8 @@ impl ProtocolDecoder for OpenAiDecoder {
                         }
                     }
                 }
-                if let Some(reason) = str_field(choice, "finish_reason") {
+                // Some servers send `""` rather than null on non-final chunks.
+                if let Some(reason) = str_field(choice, "finish_reason").filter(|r| !r.is_empty()) {
                     self.finish_reason = Some(reason.to_string());
                 }
             }

@@ -179,12 +179,15 @@ impl HttpModelClient {
                     .as_ref()
                     .map(|r| (r.kind, r.status))
                     .unwrap_or(("error", None));
+                // The provider's message may echo the key (some 401 bodies do).
+                let error = e.error.clone().redact(&self.api_key);
                 tracing::warn!(
                     provider,
                     attempt,
                     kind,
                     status,
                     delay_ms = delay.as_millis() as u64,
+                    %error,
                     "provider call failed; retrying"
                 );
                 retry_events.push(RetryEvent {
@@ -200,6 +203,14 @@ impl HttpModelClient {
         let duration_ms = sink.start.elapsed().as_millis() as u64;
         let decoded: Decoded = result.map_err(|e| e.error.after_retries(retries))?;
         let ttft_ms = *lock(&sink.first_chunk_ms);
+        tracing::debug!(
+            provider,
+            retries,
+            duration_ms,
+            ttft_ms,
+            finish_reason = decoded.finish_reason.as_str(),
+            "provider call finished"
+        );
         Ok(ModelResponse {
             chunks: decoded.chunks,
             tool_calls: decoded.tool_calls,
@@ -403,8 +414,7 @@ impl Sink<'_> {
     ) -> AttemptError {
         if self.emitted.load(Ordering::Relaxed) {
             let error = match error {
-                ProviderError::Connect { provider, message }
-                | ProviderError::Truncated { provider, message } => {
+                ProviderError::Connect { provider, message } => {
                     ProviderError::Interrupted { provider, message }
                 }
                 other => other,

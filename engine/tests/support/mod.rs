@@ -1,7 +1,8 @@
 //! A Rust test host and helpers shared by the engine's integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -14,6 +15,8 @@ use flowai_storage::{ManualClock, Store};
 use serde_json::{Value, json};
 
 pub const START_MS: i64 = 1_764_028_800_000;
+
+static BUILDS: AtomicU64 = AtomicU64::new(0);
 
 type Handler = Arc<dyn Fn(&Value) -> Result<Value, String> + Send + Sync>;
 type Dispatcher = Arc<dyn Fn(&Value, &DispatchContext) -> Result<Value, String> + Send + Sync>;
@@ -187,7 +190,10 @@ pub fn build(
         store,
         host,
         clock: Arc::new(clock.clone()),
-        ids: Arc::new(SequentialIds::new(START_MS as u64)),
+        // Runtimes sharing a store in one test must not mint the same run ids.
+        ids: Arc::new(SequentialIds::new(
+            START_MS as u64 + 1_000_000 * BUILDS.fetch_add(1, Ordering::Relaxed),
+        )),
         handle: tokio::runtime::Handle::current(),
         env: Arc::new(|_| None),
         event_buffer: 16,

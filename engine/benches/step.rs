@@ -1,0 +1,139 @@
+//! Per-step cost of a scripted specialist run with one host tool per step, in memory
+//! and on a file store with `immediate` durability, next to one raw 1 KB
+//! append + fdatasync on the same disk (DESIGN.md §9).
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use criterion::{Criterion, criterion_group, criterion_main};
+use flowai_runtime::{
+    DispatchContext, Host, HostToolCall, HostToolDecl, HostToolOutcome, InterpreterChoice,
+    PredicateContext, RandomIds, Runtime, RuntimeOptions, RuntimeSpec,
+};
+use flowai_storage::{Store, SystemClock};
+use serde_json::{Value, json};
+
+const STEPS: usize = 200;
+
+struct EchoHost;
+
+#[async_trait]
+impl Host for EchoHost {
+    async fn call_tool(&self, call: HostToolCall) -> HostToolOutcome {
+        HostToolOutcome {
+            result: Ok(call.args),
+            created_references: Vec::new(),
+        }
+    }
+    async fn evaluate_predicate(&self, _: &str, _: &Value, _: &PredicateContext) -> bool {
+        false
+    }
+    fn has_dispatcher(&self) -> bool {
+        false
+    }
+    async fn dispatch_actions(&self, _: Value, _: DispatchContext) -> Result<Value, String> {
+        Ok(Value::Null)
+    }
+}
+
+fn runtime(store: Store, handle: tokio::runtime::Handle) -> Runtime {
+    let spec: RuntimeSpec = serde_json::from_value(json!({
+        "tenant": {"resourceId": "bench", "version": "v1"},
+        "agents": [{"name": "solo", "role": "specialist", "model": {"id": "claude-sonnet-4-6", "provider": null},
+                    "systemPrompt": "bench", "routes": [], "toolkits": []}],
+        "references": [], "plans": [], "toolkits": [],
+        "approvalPolicies": {"plans": {"kind": "always"}, "tools": {"kind": "never"}},
+        "storageFactories": {"kv": null, "plans": null, "memory": null},
+        "providers": {"anthropic": {"apiKey": "unused"}},
+    }))
+    .expect("spec");
+    let tool: HostToolDecl = serde_json::from_value(json!({
+        "agent": "solo", "bindingKey": "step", "name": "step", "description": "one step",
+        "inputSchema": {"type": "object"}, "approval": {"kind": "never"},
+    }))
+    .expect("tool");
+    Runtime::new(RuntimeOptions {
+        spec,
+        host_tools: vec![tool],
+        predicates: BTreeSet::new(),
+        interpreter: InterpreterChoice::Scripted,
+        store,
+        host: Arc::new(EchoHost),
+        clock: Arc::new(SystemClock),
+        ids: Arc::new(RandomIds),
+        handle,
+        env: Arc::new(|_| None),
+        event_buffer: 256,
+    })
+    .expect("runtime")
+}
+
+/// A script of `STEPS` calls whose arguments make each step's records about 1 KB.
+fn script() -> String {
+    let pad = "x".repeat(900);
+    let calls: Vec<Value> = (0..STEPS)
+        .map(|n| json!({"tool": "step", "args": {"n": n, "pad": pad}}))
+        .collect();
+    json!({"script": calls}).to_string()
+}
+
+async fn one_run(rt: &Runtime, prompt: &str) {
+    let mut stream = rt
+        .run_specialist("solo", prompt, Some("bench"), None)
+        .expect("start");
+    while let Some(event) = stream.next().await {
+        event.expect("event");
+    }
+}
+
+fn bench_dir() -> tempfile::TempDir {
+    // On the project disk, not a tmpfs, so fdatasync costs what it costs.
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    std::fs::create_dir_all(&base).expect("target dir");
+    tempfile::tempdir_in(base).expect("temp dir")
+}
+
+fn steps(c: &mut Criterion) {
+    let tokio = tokio::runtime::Runtime::new().expect("tokio");
+    let prompt = script();
+    let mut group = c.benchmark_group("engine_step");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+
+    group.bench_function("raw_1k_append_fdatasync", |b| {
+        let dir = bench_dir();
+        let mut file = std::fs::File::create(dir.path().join("raw")).expect("file");
+        let record = vec![7u8; 1024];
+        b.iter(|| {
+            file.write_all(&record).expect("write");
+            file.sync_data().expect("fdatasync");
+        });
+    });
+
+    let rt = runtime(Store::in_memory().expect("store"), tokio.handle().clone());
+    group.bench_function(format!("memory_run_of_{STEPS}_steps"), |b| {
+        b.iter(|| tokio.block_on(one_run(&rt, &prompt)));
+    });
+
+    let dir = bench_dir();
+    let store = Store::open(dir.path().join("bench.redb"), Default::default()).expect("store");
+    let rt = runtime(store, tokio.handle().clone());
+    group.bench_function(format!("file_immediate_run_of_{STEPS}_steps"), |b| {
+        b.iter(|| tokio.block_on(one_run(&rt, &prompt)));
+    });
+
+    // A direct figure per step, printed for BENCHMARKS.md.
+    let start = Instant::now();
+    tokio.block_on(one_run(&rt, &prompt));
+    println!(
+        "file_immediate: {:?} per step",
+        start.elapsed() / STEPS as u32
+    );
+    group.finish();
+}
+
+criterion_group!(benches, steps);
+criterion_main!(benches);

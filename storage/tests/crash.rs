@@ -1,0 +1,299 @@
+//! Crash test with real processes: a child appends in a loop with `immediate` durability and
+//! prints every acknowledged `(run, last_seq)`; the parent SIGKILLs it at random moments,
+//! reopens the file and checks that every acknowledged record is there, intact, with
+//! contiguous seqs, and that the store keeps working.
+//!
+//! `FLOWAI_CRASH_KILLS` sets the number of kills (default 50), `FLOWAI_CRASH_SEED` the
+//! schedule's seed (printed on failure).
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use flowai_storage::{
+    AppendRequest, IndexUpdate, Precondition, Record, RecordKind, RunAppend, RunId, RunMeta,
+    RunStatus, Store, StoreError, StoreOptions,
+};
+
+const CHILD_ENV: &str = "FLOWAI_CRASH_CHILD";
+const RUNS: usize = 4;
+
+fn run_id(i: usize) -> RunId {
+    ulid::Ulid((0x0190_0000_0000u128 << 80) + i as u128)
+}
+
+/// The payload of `(run, seq)`: what the parent expects to read back. Sizes vary so records
+/// straddle page boundaries differently.
+fn payload(run: RunId, seq: u64) -> String {
+    format!(
+        "{{\"run\":\"{run}\",\"seq\":{seq},\"pad\":\"{}\"}}",
+        "x".repeat((seq % 97) as usize * 13)
+    )
+}
+
+fn kind(seq: u64) -> RecordKind {
+    if seq == 1 {
+        RecordKind::RunStarted
+    } else {
+        RecordKind::ALL[(seq % RecordKind::ALL.len() as u64) as usize]
+    }
+}
+
+fn record(run: RunId, seq: u64) -> Record {
+    Record {
+        kind: kind(seq),
+        version: 1,
+        at_ms: seq as i64,
+        payload: payload(run, seq),
+    }
+}
+
+/// Appends records `first..first + n` of run `i`, creating the run with the first one.
+fn append(store: &Store, i: usize, first: u64, n: u64) -> u64 {
+    let run = run_id(i);
+    let index_updates = if first == 1 {
+        vec![IndexUpdate::CreateRun(RunMeta {
+            run_id: run,
+            tenant: "crash".into(),
+            thread: format!("thread-{i}"),
+            agent: "agent".into(),
+            status: RunStatus::Running,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            parent: None,
+        })]
+    } else {
+        vec![]
+    };
+    let ack = store
+        .append_blocking(AppendRequest {
+            run: Some(RunAppend {
+                run_id: run,
+                expected_first_seq: Some(first),
+                records: (first..first + n).map(|seq| record(run, seq)).collect(),
+            }),
+            index_updates,
+            precondition: Precondition::None,
+        })
+        .unwrap();
+    assert_eq!((ack.first_seq, ack.last_seq), (first, first + n - 1));
+    ack.last_seq
+}
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The child: one appending thread per run, each printing its acknowledgements.
+#[test]
+fn crash_child_entry() {
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    println!("ready");
+    let threads: Vec<_> = (0..RUNS)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut rng = XorShift(0x2545_F491_4F6C_DD1D ^ (i as u64 + 1));
+                let mut next = store.last_seq(run_id(i)).unwrap() + 1;
+                // Far more than a child lives to write: the parent kills it long before.
+                for _ in 0..1_000_000 {
+                    let n = 1 + rng.below(4);
+                    let last = append(&store, i, next, n);
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "ack {i} {last}").unwrap();
+                    out.flush().unwrap();
+                    next = last + 1;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+/// Checks the reopened store against the acknowledgements; appends one more record per run.
+fn verify(path: &Path, acked: &mut [u64; RUNS], context: &str) -> bool {
+    // A read-only open never repairs: after a crash it either reads (the kill came before
+    // anything was written) or asks for a writer open, and leaves the file as it was.
+    let mut needed_recovery = false;
+    if path.exists() {
+        let before = std::fs::read(path).unwrap();
+        match Store::open_read_only(path) {
+            Ok(store) => store.close().unwrap(),
+            Err(StoreError::NeedsRecovery { .. }) => needed_recovery = true,
+            Err(e) => panic!("{context}: read-only open after a crash: {e}"),
+        }
+        assert!(
+            std::fs::read(path).unwrap() == before,
+            "{context}: read-only open changed the file"
+        );
+    }
+    let store = Store::open(path, StoreOptions::default()).unwrap();
+    for (i, acked) in acked.iter_mut().enumerate() {
+        let run = run_id(i);
+        let records = store.records(run, 1).unwrap();
+        let last = records.len() as u64;
+        assert!(
+            last >= *acked,
+            "{context}: run {i} has {last} records but {acked} were acknowledged"
+        );
+        for (n, r) in records.iter().enumerate() {
+            let seq = n as u64 + 1;
+            assert_eq!(r.seq, seq, "{context}: run {i} seqs not contiguous");
+            assert_eq!(
+                r.record,
+                record(run, seq),
+                "{context}: run {i} seq {seq} differs"
+            );
+        }
+        if last > 0 {
+            let info = store.run(run).unwrap().unwrap();
+            assert_eq!(info.records, last);
+            assert_eq!(
+                info.meta.status,
+                RunStatus::Interrupted,
+                "{context}: run {i} left running by a dead writer"
+            );
+        }
+        // The store keeps working after the crash.
+        *acked = append(&store, i, last + 1, 1);
+    }
+    store.close().unwrap();
+    needed_recovery
+}
+
+#[test]
+fn acknowledged_records_survive_sigkill() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let kills: usize = std::env::var("FLOWAI_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let seed: u64 = std::env::var("FLOWAI_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    let mut rng = XorShift(seed);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("crash.redb");
+    let exe = std::env::current_exe().unwrap();
+    let mut acked = [0u64; RUNS];
+    let mut total_acks = 0usize;
+    let mut recoveries = 0usize;
+    let started = std::time::Instant::now();
+
+    for k in 0..kills {
+        let context = format!("seed {seed}, kill {k}");
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "crash_child_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().unwrap();
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+            s
+        });
+
+        // One kill in five lands anywhere, start-up and crash recovery included; the others
+        // after the child is appending.
+        let mut pending = Vec::new();
+        if rng.below(5) != 0 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    // libtest prints "test crash_child_entry ... " before the test's own output.
+                    Ok(line) if line.ends_with("ready") => break,
+                    Ok(line) => pending.push(line),
+                    Err(_) => {
+                        let _ = child.kill();
+                        panic!("{context}: child never became ready");
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1 + rng.below(40)));
+        } else {
+            std::thread::sleep(Duration::from_millis(rng.below(30)));
+        }
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        reader.join().unwrap();
+        let stderr = err_reader.join().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGKILL),
+                "{context}: child ended on its own: {stderr}"
+            );
+        }
+        pending.extend(rx.try_iter());
+        for line in pending {
+            let Some(at) = line.find("ack ") else {
+                continue;
+            };
+            let mut parts = line[at + 4..].split_whitespace();
+            let (Some(Ok(i)), Some(Ok(seq))) = (
+                parts.next().map(str::parse::<usize>),
+                parts.next().map(str::parse::<u64>),
+            ) else {
+                panic!("{context}: garbled acknowledgement {line:?}");
+            };
+            acked[i] = acked[i].max(seq);
+            total_acks += 1;
+        }
+        recoveries += usize::from(verify(&path, &mut acked, &context));
+    }
+    eprintln!(
+        "crash test: {kills} kills ({recoveries} left a file needing recovery), {total_acks} acknowledged appends, {} records, {:?} (seed {seed})",
+        acked.iter().sum::<u64>(),
+        started.elapsed()
+    );
+}

@@ -1,0 +1,877 @@
+//! Behaviour of the store through its public API, in memory and on disk.
+
+#![allow(clippy::unwrap_used)]
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use flowai_storage::{
+    AppendAck, AppendRequest, ApprovalRow, ApprovalStatus, Durability, IndexUpdate, ManualClock,
+    PlanRow, Precondition, Record, RecordKind, ReferenceEntry, RunAppend, RunFilter, RunId,
+    RunMeta, RunStatus, Store, StoreError, StoreOptions, reference_id,
+};
+use redb::ReadableTable;
+use serde_json::json;
+
+fn rec(kind: RecordKind, payload: &str) -> Record {
+    Record {
+        kind,
+        version: 1,
+        at_ms: 1_000,
+        payload: payload.to_owned(),
+    }
+}
+
+fn meta(run: RunId, tenant: &str, thread: &str, status: RunStatus) -> RunMeta {
+    RunMeta {
+        run_id: run,
+        tenant: tenant.into(),
+        thread: thread.into(),
+        agent: "coordinator".into(),
+        status,
+        created_at_ms: 5,
+        updated_at_ms: 5,
+        parent: None,
+    }
+}
+
+fn start_run(
+    store: &Store,
+    run: RunId,
+    tenant: &str,
+    thread: &str,
+    status: RunStatus,
+) -> AppendAck {
+    store
+        .append_blocking(AppendRequest {
+            run: Some(RunAppend {
+                run_id: run,
+                expected_first_seq: Some(1),
+                records: vec![rec(RecordKind::RunStarted, "{}")],
+            }),
+            index_updates: vec![IndexUpdate::CreateRun(meta(run, tenant, thread, status))],
+            precondition: Precondition::RunAbsent(run),
+        })
+        .unwrap()
+}
+
+fn append(store: &Store, run: RunId, n: usize) -> Result<AppendAck, StoreError> {
+    store.append_blocking(AppendRequest {
+        run: Some(RunAppend {
+            run_id: run,
+            expected_first_seq: None,
+            records: (0..n)
+                .map(|i| rec(RecordKind::StreamEmitted, &format!("{{\"i\":{i}}}")))
+                .collect(),
+        }),
+        ..Default::default()
+    })
+}
+
+fn index_only(update: IndexUpdate) -> AppendRequest {
+    AppendRequest {
+        run: None,
+        index_updates: vec![update],
+        precondition: Precondition::None,
+    }
+}
+
+fn tmp() -> tempfile::TempDir {
+    // Under the target dir: a real disk, not a tmpfs.
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+#[test]
+fn records_round_trip_with_contiguous_seqs() {
+    let store = Store::in_memory().unwrap();
+    let run = RunId::generate();
+    assert_eq!(
+        start_run(&store, run, "t", "th", RunStatus::Running),
+        AppendAck {
+            first_seq: 1,
+            last_seq: 1
+        }
+    );
+    assert_eq!(
+        append(&store, run, 3).unwrap(),
+        AppendAck {
+            first_seq: 2,
+            last_seq: 4
+        }
+    );
+    assert_eq!(
+        append(&store, run, 0).unwrap(),
+        AppendAck {
+            first_seq: 0,
+            last_seq: 0
+        }
+    );
+    let records = store.records(run, 3).unwrap();
+    assert_eq!(
+        records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    assert_eq!(records[0].record.payload, "{\"i\":1}");
+    assert_eq!(store.records(run, 0).unwrap().len(), 4);
+    assert_eq!(store.last_seq(run).unwrap(), 4);
+    assert_eq!(store.last_seq(RunId::generate()).unwrap(), 0);
+
+    let mut seen = Vec::new();
+    store
+        .scan_records(run, 1, &mut |seq, view| {
+            seen.push((seq, view.kind));
+            if seq == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(
+        seen,
+        vec![(1, RecordKind::RunStarted), (2, RecordKind::StreamEmitted)]
+    );
+}
+
+#[test]
+fn seq_conflict_and_run_exists() {
+    let store = Store::in_memory().unwrap();
+    let run = RunId::generate();
+    start_run(&store, run, "t", "th", RunStatus::Running);
+    let err = store
+        .append_blocking(AppendRequest {
+            run: Some(RunAppend {
+                run_id: run,
+                expected_first_seq: Some(1),
+                records: vec![rec(RecordKind::StreamEmitted, "{}")],
+            }),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::SeqConflict { run: r, expected: 1, actual: 2 } if r == run),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("expected the next record to get seq 1, but it would get seq 2")
+    );
+
+    let again = store.append_blocking(AppendRequest {
+        run: None,
+        index_updates: vec![IndexUpdate::CreateRun(meta(
+            run,
+            "t",
+            "th",
+            RunStatus::Running,
+        ))],
+        precondition: Precondition::RunAbsent(run),
+    });
+    assert!(matches!(again, Err(StoreError::RunExists { run: r }) if r == run));
+    // CreateRun alone also refuses an existing run.
+    let again = store.append_blocking(index_only(IndexUpdate::CreateRun(meta(
+        run,
+        "t",
+        "th",
+        RunStatus::Running,
+    ))));
+    assert!(matches!(again, Err(StoreError::RunExists { .. })));
+    assert_eq!(store.last_seq(run).unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_async_appends_get_disjoint_contiguous_seqs() {
+    let store = Store::in_memory().unwrap();
+    let run = RunId::generate();
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            for i in 0..20 {
+                let ack = store
+                    .append(AppendRequest {
+                        run: Some(RunAppend {
+                            run_id: run,
+                            expected_first_seq: None,
+                            records: vec![
+                                rec(RecordKind::StreamEmitted, &format!("[{t},{i},0]")),
+                                rec(RecordKind::StreamEmitted, &format!("[{t},{i},1]")),
+                            ],
+                        }),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                acks.push(ack);
+            }
+            acks
+        }));
+    }
+    let mut firsts = Vec::new();
+    for task in tasks {
+        for ack in task.await.unwrap() {
+            assert_eq!(ack.last_seq, ack.first_seq + 1);
+            firsts.push(ack.first_seq);
+        }
+    }
+    firsts.sort_unstable();
+    assert_eq!(firsts, (0..320).map(|i| 1 + 2 * i).collect::<Vec<_>>());
+    let records = store.records(run, 1).unwrap();
+    assert_eq!(records.len(), 640);
+    for pair in records.chunks(2) {
+        // Both records of one request are adjacent.
+        assert_eq!(
+            pair[0].record.payload.trim_end_matches("0]"),
+            pair[1].record.payload.trim_end_matches("1]")
+        );
+    }
+}
+
+#[test]
+fn runs_index_lists_newest_first_by_tenant_thread_and_status() {
+    let store = Store::in_memory().unwrap();
+    let mut runs = Vec::new();
+    for i in 0..6u128 {
+        // Increasing ULIDs: later ones are newer.
+        let run = ulid::Ulid((1_700_000_000_000u128 + i) << 80);
+        let (tenant, thread) = match i % 3 {
+            0 => ("a", "x"),
+            1 => ("a", "y"),
+            _ => ("b", "x"),
+        };
+        start_run(&store, run, tenant, thread, RunStatus::Running);
+        runs.push(run);
+    }
+    store
+        .append_blocking(index_only(IndexUpdate::SetRunStatus {
+            run_id: runs[3],
+            status: RunStatus::Completed,
+            at_ms: 77,
+        }))
+        .unwrap();
+
+    let ids = |f: RunFilter| {
+        store
+            .list_runs(&f)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.meta.run_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(RunFilter::default()),
+        runs.iter().rev().copied().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ids(RunFilter {
+            tenant: Some("a".into()),
+            ..Default::default()
+        }),
+        vec![runs[4], runs[3], runs[1], runs[0]]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            tenant: Some("a".into()),
+            thread: Some("x".into()),
+            ..Default::default()
+        }),
+        vec![runs[3], runs[0]]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            tenant: Some("a".into()),
+            status: Some(RunStatus::Running),
+            limit: 2,
+            ..Default::default()
+        }),
+        vec![runs[4], runs[1]]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            status: Some(RunStatus::Completed),
+            ..Default::default()
+        }),
+        vec![runs[3]]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            thread: Some("x".into()),
+            limit: 1,
+            ..Default::default()
+        }),
+        vec![runs[5]]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            tenant: Some("zz".into()),
+            ..Default::default()
+        }),
+        Vec::<RunId>::new()
+    );
+    // A tenant that is a prefix of another does not see its runs.
+    assert_eq!(
+        ids(RunFilter {
+            tenant: Some("".into()),
+            ..Default::default()
+        }),
+        Vec::<RunId>::new()
+    );
+
+    let info = store.run(runs[3]).unwrap().unwrap();
+    assert_eq!(info.meta.status, RunStatus::Completed);
+    assert_eq!(info.meta.updated_at_ms, 77);
+    assert_eq!(info.records, 1);
+    assert_eq!(store.run(RunId::generate()).unwrap(), None);
+}
+
+#[test]
+fn approvals_plans_specs_and_memory() {
+    let store = Store::in_memory().unwrap();
+    let run = RunId::generate();
+    start_run(&store, run, "t", "th", RunStatus::Suspended);
+    for id in ["ap-2", "ap-1"] {
+        store
+            .append_blocking(index_only(IndexUpdate::PutApproval(ApprovalRow {
+                id: id.into(),
+                tenant: "t".into(),
+                run_id: run,
+                seq: 1,
+                status: ApprovalStatus::Pending,
+            })))
+            .unwrap();
+    }
+    assert_eq!(
+        store.run(run).unwrap().unwrap().pending_approvals,
+        vec!["ap-1", "ap-2"]
+    );
+
+    // Deciding: only while still pending.
+    let decide = |status| AppendRequest {
+        run: Some(RunAppend {
+            run_id: run,
+            expected_first_seq: None,
+            records: vec![rec(RecordKind::ApprovalDecided, "{}")],
+        }),
+        index_updates: vec![IndexUpdate::SetApprovalStatus {
+            id: "ap-1".into(),
+            status,
+        }],
+        precondition: Precondition::ApprovalPending("ap-1".into()),
+    };
+    store
+        .append_blocking(decide(ApprovalStatus::Approved))
+        .unwrap();
+    let err = store
+        .append_blocking(decide(ApprovalStatus::Rejected))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("approval \"ap-1\" is approved, not pending"),
+        "{err}"
+    );
+    assert_eq!(store.last_seq(run).unwrap(), 2);
+    assert_eq!(
+        store.approval("ap-1").unwrap().unwrap().status,
+        ApprovalStatus::Approved
+    );
+    assert_eq!(store.approval("nope").unwrap(), None);
+    assert_eq!(store.approvals_of_run(run).unwrap().len(), 2);
+    assert_eq!(
+        store.run(run).unwrap().unwrap().pending_approvals,
+        vec!["ap-2"]
+    );
+
+    let plan = PlanRow {
+        tenant: "t".into(),
+        plan_id: "p1".into(),
+        version: 2,
+        status: "draft".into(),
+        body: "{\"steps\":[]}".into(),
+        run_id: run,
+        seq: 2,
+    };
+    store
+        .append_blocking(index_only(IndexUpdate::PutPlan(plan.clone())))
+        .unwrap();
+    assert_eq!(store.plan("t", "p1").unwrap(), Some(plan));
+    assert_eq!(store.plan("other", "p1").unwrap(), None);
+
+    store
+        .append_blocking(index_only(IndexUpdate::PutSpec {
+            hash: "h".into(),
+            json: "{\"a\":1}".into(),
+        }))
+        .unwrap();
+    store
+        .append_blocking(index_only(IndexUpdate::PutSpec {
+            hash: "h".into(),
+            json: "{\"a\":2}".into(),
+        }))
+        .unwrap();
+    assert_eq!(store.spec("h").unwrap().as_deref(), Some("{\"a\":1}"));
+    assert_eq!(store.spec("x").unwrap(), None);
+
+    let mem = |entries: &[&str], agent: &str| {
+        index_only(IndexUpdate::AppendMemory {
+            tenant: "t".into(),
+            thread: "th".into(),
+            agent: agent.into(),
+            entries: entries.iter().map(|e| e.to_string()).collect(),
+        })
+    };
+    store.append_blocking(mem(&["1", "2"], "a")).unwrap();
+    store.append_blocking(mem(&["3"], "a")).unwrap();
+    store.append_blocking(mem(&["x"], "ab")).unwrap();
+    assert_eq!(store.memory("t", "th", "a").unwrap(), vec!["1", "2", "3"]);
+    assert_eq!(store.memory("t", "th", "ab").unwrap(), vec!["x"]);
+    assert!(store.memory("t", "other", "a").unwrap().is_empty());
+}
+
+fn reference(
+    tenant: &str,
+    value: serde_json::Value,
+    created: i64,
+    expires: Option<i64>,
+) -> ReferenceEntry {
+    ReferenceEntry {
+        tenant: tenant.into(),
+        kind: "doc".into(),
+        id: reference_id(tenant, "doc", &value).unwrap(),
+        value: value.to_string(),
+        glimpse: "\"g\"".into(),
+        created_at_ms: created,
+        expires_at_ms: expires,
+    }
+}
+
+#[tokio::test]
+async fn references_expire_are_tenant_scoped_and_gc_counts() {
+    let clock = ManualClock::new(1_000);
+    let store = Store::in_memory().unwrap();
+    let short = reference(
+        "t1",
+        json!({"v": 1}),
+        clock.now_ms(),
+        Some(clock.now_ms() + 500),
+    );
+    let forever = reference("t1", json!({"v": 2}), clock.now_ms(), None);
+    let other = reference(
+        "t2",
+        json!({"v": 1}),
+        clock.now_ms(),
+        Some(clock.now_ms() + 100),
+    );
+    for e in [&short, &forever, &other] {
+        store
+            .append(index_only(IndexUpdate::PutReference(e.clone())))
+            .await
+            .unwrap();
+    }
+    let get = |tenant: &str, id: &str, now| store.reference(tenant, "doc", id, now).unwrap();
+
+    assert_eq!(get("t1", &short.id, clock.now_ms()), Some(short.clone()));
+    // Another tenant's id is indistinguishable from a missing one.
+    assert_eq!(get("t2", &short.id, clock.now_ms()), None);
+    assert_eq!(get("t1", &other.id, clock.now_ms()), None);
+    assert_eq!(get("t1", "0000", clock.now_ms()), None);
+
+    clock.advance(499);
+    assert!(get("t1", &short.id, clock.now_ms()).is_some());
+    clock.advance(1);
+    assert_eq!(
+        get("t1", &short.id, clock.now_ms()),
+        None,
+        "expired at now >= expires_at"
+    );
+    assert!(get("t1", &forever.id, clock.now_ms()).is_some());
+
+    // Re-creating the same value overwrites expiry: the old expiry no longer deletes it.
+    let renewed = reference(
+        "t1",
+        json!({"v": 1}),
+        clock.now_ms(),
+        Some(clock.now_ms() + 10_000),
+    );
+    assert_eq!(renewed.id, short.id);
+    store
+        .append(index_only(IndexUpdate::PutReference(renewed.clone())))
+        .await
+        .unwrap();
+    assert_eq!(get("t1", &short.id, clock.now_ms()), Some(renewed));
+
+    // Only `other` (t2) is expired now.
+    assert_eq!(store.gc_references(clock.now_ms()).await.unwrap(), 1);
+    assert_eq!(store.gc_references(clock.now_ms()).await.unwrap(), 0);
+    clock.advance(10_000);
+    assert_eq!(store.gc_references(clock.now_ms()).await.unwrap(), 1);
+    assert!(get("t1", &forever.id, i64::MAX).is_some());
+    assert_eq!(store.gc_references(i64::MAX).await.unwrap(), 0);
+}
+
+#[test]
+fn eventual_durability_acknowledges_and_persists_at_close() {
+    let dir = tmp();
+    let path = dir.path().join("eventual.redb");
+    let run = RunId::generate();
+    {
+        let store = Store::open(
+            &path,
+            StoreOptions {
+                durability: Durability::Eventual,
+                shared_reads: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(store.durability(), Durability::Eventual);
+        start_run(&store, run, "t", "th", RunStatus::Completed);
+        for _ in 0..10 {
+            append(&store, run, 2).unwrap();
+        }
+        store.close().unwrap();
+    }
+    let store = Store::open_read_only(&path).unwrap();
+    assert_eq!(store.last_seq(run).unwrap(), 21);
+}
+
+#[test]
+fn shared_reads_downgrades_eventual() {
+    let dir = tmp();
+    let store = Store::open(
+        dir.path().join("s.redb"),
+        StoreOptions {
+            durability: Durability::Eventual,
+            shared_reads: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(store.durability(), Durability::Immediate);
+    append(&store, RunId::generate(), 1).unwrap();
+}
+
+#[test]
+fn file_is_owner_only_and_registry_returns_the_same_store() {
+    let dir = tmp();
+    let path = dir.path().join("reg.redb");
+    let a = Store::open(&path, StoreOptions::default()).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let other_spelling = dir
+        .path()
+        .join(".")
+        .join("..")
+        .join(dir.path().file_name().unwrap())
+        .join("reg.redb");
+    let b = Store::open(&other_spelling, StoreOptions::default()).unwrap();
+    let run = RunId::generate();
+    append(&a, run, 2).unwrap();
+    assert_eq!(b.last_seq(run).unwrap(), 2, "same store, same data");
+    assert_eq!(a.path(), b.path());
+    assert_eq!(a.path().unwrap(), std::fs::canonicalize(&path).unwrap());
+    // A read-only open in the same process shares it too, but cannot write.
+    let ro = Store::open_read_only(&path).unwrap();
+    assert_eq!(ro.last_seq(run).unwrap(), 2);
+    assert!(matches!(
+        append(&ro, run, 1),
+        Err(StoreError::ReadOnly { .. })
+    ));
+
+    // Closing through one handle closes them all; the path can then be opened again.
+    b.close().unwrap();
+    assert!(matches!(a.last_seq(run), Err(StoreError::Closed { .. })));
+    assert!(matches!(append(&a, run, 1), Err(StoreError::Closed { .. })));
+    let c = Store::open(&path, StoreOptions::default()).unwrap();
+    assert_eq!(c.last_seq(run).unwrap(), 2);
+    drop((a, b, ro));
+    assert_eq!(c.last_seq(run).unwrap(), 2);
+    // After the last handle is gone the file is free again.
+    drop(c);
+    let d = Store::open(&path, StoreOptions::default()).unwrap();
+    assert_eq!(d.last_seq(run).unwrap(), 2);
+}
+
+#[tokio::test]
+async fn closed_store_gives_closed_everywhere() {
+    let store = Store::in_memory().unwrap();
+    let run = RunId::generate();
+    append(&store, run, 1).unwrap();
+    store.close().unwrap();
+    store.close().unwrap();
+    let err = store.records(run, 1).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Closed { ref path } if path == "<memory>"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("closed; open it again"));
+    assert!(matches!(
+        store.append(AppendRequest::default()).await,
+        Err(StoreError::Closed { .. })
+    ));
+    assert!(matches!(
+        store.gc_references(0).await,
+        Err(StoreError::Closed { .. })
+    ));
+    assert!(matches!(
+        store.list_runs(&RunFilter::default()),
+        Err(StoreError::Closed { .. })
+    ));
+}
+
+#[test]
+fn close_drains_queued_appends() {
+    let dir = tmp();
+    let path = dir.path().join("drain.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let run = RunId::generate();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut acked = 0;
+                for _ in 0..1000 {
+                    match append(&store, run, 1) {
+                        Ok(_) => acked += 1,
+                        Err(StoreError::Closed { .. }) => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    while store.last_seq(run).unwrap() < 20 {
+        std::thread::yield_now();
+    }
+    store.close().unwrap();
+    let acked: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(acked < 8000, "close stopped the appenders");
+    drop(store);
+    // Every acknowledged append was committed before close returned, and every append that
+    // got in line before close was committed and acknowledged: the two counts agree.
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    assert_eq!(store.last_seq(run).unwrap(), acked);
+}
+
+#[test]
+fn running_runs_become_interrupted_when_a_writer_reopens() {
+    let dir = tmp();
+    let path = dir.path().join("rec.redb");
+    let (running, suspended) = (RunId::generate(), RunId::generate());
+    {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        start_run(&store, running, "t", "th", RunStatus::Running);
+        start_run(&store, suspended, "t", "th", RunStatus::Suspended);
+    }
+    {
+        // A read-only open changes nothing.
+        let ro = Store::open_read_only(&path).unwrap();
+        assert_eq!(
+            ro.run(running).unwrap().unwrap().meta.status,
+            RunStatus::Running
+        );
+    }
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let info = store.run(running).unwrap().unwrap();
+    assert_eq!(info.meta.status, RunStatus::Interrupted);
+    assert!(info.meta.updated_at_ms > 5);
+    assert_eq!(
+        store.run(suspended).unwrap().unwrap().meta.status,
+        RunStatus::Suspended
+    );
+    let listed = store
+        .list_runs(&RunFilter {
+            status: Some(RunStatus::Running),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(listed.is_empty());
+    let listed = store
+        .list_runs(&RunFilter {
+            status: Some(RunStatus::Interrupted),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+}
+
+#[test]
+fn read_only_open_does_not_change_the_file() {
+    let dir = tmp();
+    let path = dir.path().join("ro.redb");
+    let run = RunId::generate();
+    {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        start_run(&store, run, "t", "th", RunStatus::Running);
+    }
+    let before_bytes = std::fs::read(&path).unwrap();
+    let before_mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    {
+        let store = Store::open_read_only(&path).unwrap();
+        assert!(store.is_read_only());
+        assert_eq!(store.records(run, 1).unwrap().len(), 1);
+        assert_eq!(
+            store.run(run).unwrap().unwrap().meta.status,
+            RunStatus::Running
+        );
+        assert!(matches!(
+            append(&store, run, 1),
+            Err(StoreError::ReadOnly { .. })
+        ));
+        store.close().unwrap();
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before_bytes);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().modified().unwrap(),
+        before_mtime
+    );
+
+    let missing = Store::open_read_only(dir.path().join("missing.redb")).unwrap_err();
+    assert!(
+        matches!(missing, StoreError::NotFound { .. }),
+        "{missing:?}"
+    );
+    assert!(!dir.path().join("missing.redb").exists());
+}
+
+#[test]
+fn a_corrupt_record_is_an_error_naming_run_and_seq() {
+    const JOURNAL: redb::TableDefinition<&[u8; 24], &[u8]> = redb::TableDefinition::new("journal");
+    let dir = tmp();
+    let path = dir.path().join("corrupt.redb");
+    let run = RunId::generate();
+    {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        append(&store, run, 3).unwrap();
+    }
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut journal = txn.open_table(JOURNAL).unwrap();
+            let mut key = [0u8; 24];
+            key[..16].copy_from_slice(&run.0.to_be_bytes());
+            key[16..].copy_from_slice(&2u64.to_be_bytes());
+            let good = journal.get(&key).unwrap().unwrap().value().to_vec();
+            journal.insert(&key, &good[..good.len() - 3]).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let err = store.records(run, 1).unwrap_err();
+    match &err {
+        StoreError::Corrupt { location, .. } => {
+            assert_eq!(location, &format!("journal record seq 2 of run {run}"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.records(run, 3).unwrap().len(), 1);
+    // Writing goes on: the corrupt record is reported, not fatal to the store.
+    assert_eq!(append(&store, run, 1).unwrap().first_seq, 4);
+}
+
+// ---- Locks across processes: the test binary re-runs itself as the second process. ----
+
+const CHILD_ENV: &str = "FLOWAI_STORAGE_LOCK_CHILD";
+
+/// Runs in the child: opens the store as asked and prints the outcome.
+#[test]
+fn lock_child_entry() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let (mode, path) = spec.split_once(':').unwrap();
+    let result = match mode {
+        "write" => Store::open(path, StoreOptions::default()).map(|_| ()),
+        "read" => Store::open_read_only(path).map(|s| {
+            println!(
+                "RECORDS {}",
+                s.list_runs(&RunFilter::default()).unwrap().len()
+            );
+        }),
+        other => panic!("unknown mode {other}"),
+    };
+    match result {
+        Ok(()) => println!("CHILD OK"),
+        Err(e) => println!("CHILD ERR {e}"),
+    }
+}
+
+fn child(mode: &str, path: &Path) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "lock_child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, format!("{mode}:{}", path.display()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn lock_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("locked.redb")
+}
+
+#[test]
+fn a_second_process_gets_locked() {
+    let dir = tmp();
+    let path = lock_path(&dir);
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    start_run(&store, RunId::generate(), "t", "th", RunStatus::Running);
+    let canonical = std::fs::canonicalize(&path).unwrap();
+
+    let out = child("write", &path);
+    assert!(
+        out.contains(&format!(
+            "CHILD ERR store {} is locked",
+            canonical.display()
+        )),
+        "{out}"
+    );
+    let out = child("read", &path);
+    assert!(out.contains("is locked"), "{out}");
+    assert!(
+        out.contains("shared_reads"),
+        "the read-only refusal names the option: {out}"
+    );
+
+    store.close().unwrap();
+    let out = child("read", &path);
+    assert!(
+        out.contains("RECORDS 1") && out.contains("CHILD OK"),
+        "{out}"
+    );
+}
+
+#[test]
+fn shared_reads_lets_a_reader_process_in_but_no_second_writer() {
+    let dir = tmp();
+    let path = lock_path(&dir);
+    let store = Store::open(
+        &path,
+        StoreOptions {
+            durability: Durability::Immediate,
+            shared_reads: true,
+        },
+    )
+    .unwrap();
+    start_run(&store, RunId::generate(), "t", "th", RunStatus::Running);
+    let out = child("read", &path);
+    assert!(
+        out.contains("RECORDS 1") && out.contains("CHILD OK"),
+        "{out}"
+    );
+    let out = child("write", &path);
+    assert!(out.contains("is locked"), "{out}");
+    // The writer keeps working after the reader came and went.
+    start_run(&store, RunId::generate(), "t", "th", RunStatus::Running);
+    let out = child("read", &path);
+    assert!(out.contains("RECORDS 2"), "{out}");
+}
