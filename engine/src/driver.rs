@@ -313,12 +313,11 @@ impl Driver {
                 }],
             )?;
         }
-        let mut updates = Vec::new();
-        updates.push(IndexUpdate::SetRunStatus {
+        let updates = vec![IndexUpdate::SetRunStatus {
             run_id: self.j.run_id(),
             status: RunStatus::Cancelled,
             at_ms: self.j.now_ms(),
-        });
+        }];
         self.j.push(
             &payloads::RunCancelled {
                 origin: String::from("engine"),
