@@ -272,10 +272,11 @@ async fn store_plan(driver: &mut Driver, args: &Value) -> Result<ToolOutcome, En
         Some(known) => Some(known.clone()),
         None => stored_row(driver, &plan_id)?,
     };
-    if let Some(previous) = &previous {
-        if status_of(&previous.plan) == "executing" {
-            return Ok(ToolOutcome::error(format!("plan {plan_id} is executing")));
-        }
+    if previous
+        .as_ref()
+        .is_some_and(|known| status_of(&known.plan) == "executing")
+    {
+        return Ok(ToolOutcome::error(format!("plan {plan_id} is executing")));
     }
     let version = previous.map_or(1, |known| known.version + 1);
     let now = rfc3339_ms(driver.journal().now_ms());

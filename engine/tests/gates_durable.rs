@@ -1,6 +1,7 @@
 //! Durable approvals (API.md §9.3, DESIGN.md §3 rule 4, §5): a plan gate survives the
 //! runtime, is answered from a new runtime, and the run continues on resume with the
 //! dispatcher invoked exactly once under its idempotency key.
+#![allow(clippy::unwrap_used)]
 
 #[path = "support/gates.rs"]
 mod gates;
@@ -97,7 +98,7 @@ async fn decision_from_a_new_runtime_continues_on_resume() {
         .iter()
         .map(|info| info.meta.run_id.to_string())
         .collect();
-    assert_eq!(pending, [run_id.clone()]);
+    assert_eq!(pending, vec![run_id.clone()]);
     let decided = records_of(&built.runtime, &run_id, "ApprovalDecided");
     assert_eq!(decided.len(), 1);
     assert_eq!(decided[0].1["origin"], "host");
@@ -403,7 +404,7 @@ async fn an_unfinished_dispatch_is_attempted_again_under_the_same_key() {
         .iter()
         .map(|info| info.meta.run_id.to_string())
         .collect();
-    assert_eq!(pending, [run_id.clone()]);
+    assert_eq!(pending, vec![run_id.clone()]);
     let events = collect(&mut built.runtime.resume(&run_id, false).unwrap()).await;
     let dispatches = host.dispatches.lock().unwrap().clone();
     assert_eq!(dispatches.len(), 1);

@@ -7,6 +7,7 @@
 //! Without `FLOWAI_BLESS=1` this checks that the committed store exports to the
 //! committed `.jsonl` and that a fresh run journals exactly the same; with it, both
 //! files are rewritten. The streams are insta snapshots (ids are deterministic).
+#![allow(clippy::unwrap_used)]
 
 #[path = "support/gates.rs"]
 mod gates;

@@ -1,6 +1,7 @@
 //! Plans through the scripted coordinator → planner → executor flow (API.md §4.3,
 //! §5.2–§5.6): auto-approval, the plan gate, reject/revise, the dispatcher envelope,
 //! reference hydration and storePlan errors.
+#![allow(clippy::unwrap_used)]
 
 #[path = "support/gates.rs"]
 mod gates;

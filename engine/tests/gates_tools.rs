@@ -1,5 +1,6 @@
 //! Tool approval gates, predicates, the approval hierarchy and respond_to_approval
 //! errors (API.md §2.4, §3.2, §7).
+#![allow(clippy::unwrap_used)]
 
 #[path = "support/gates.rs"]
 mod gates;
