@@ -860,6 +860,11 @@ impl Driver {
             }
         };
         if let Some((_, decided)) = self.j.take::<payloads::ApprovalDecided>().await? {
+            if decided.outcome == "cancelled" {
+                // Only a run cancellation resolves a gate as cancelled, and its
+                // RunCancelled follows: the call has no outcome to re-derive.
+                return Err(EngineError::CancelRequested);
+            }
             return Ok(GateOutcome::Decided(decided));
         }
         if self.j.mode() == DriveMode::Resume {
