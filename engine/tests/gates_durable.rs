@@ -305,6 +305,7 @@ async fn cancelling_a_suspended_run_resolves_its_approvals() {
     assert!(replayed.iter().all(|e| e["type"] != "approval-decision"));
     assert!(built.runtime.pending().unwrap().is_empty());
     assert_eq!(host.dispatch_count(), 0);
+    built.runtime.verify(&run_id).await.unwrap();
 }
 
 #[tokio::test]
@@ -346,6 +347,7 @@ async fn cancelling_a_run_waiting_in_this_runtime() {
         Some(format!("run {run_id} is cancelled"))
     );
     assert_eq!(host.dispatch_count(), 0);
+    built.runtime.verify(&run_id).await.unwrap();
 }
 
 #[tokio::test]

@@ -490,3 +490,43 @@ async fn answering_never_waits_for_the_consumer() {
     );
     assert_eq!(host.dispatch_count(), 1);
 }
+
+#[tokio::test]
+async fn cancelling_at_a_tool_gate_never_runs_the_handler() {
+    let host = searching_host();
+    let (built, _) = specialist_runtime(
+        &host,
+        plans_spec("acme", always(), never()),
+        Options {
+            tools: vec![search_tool(always())],
+            ..Options::default()
+        },
+    );
+    let mut stream = built
+        .runtime
+        .run_specialist("specialist", &search("a"), Some("t1"), None)
+        .unwrap();
+    let (_, approval_id) = until_approval(&mut stream).await;
+    stream.cancel();
+    let rest = collect(&mut stream).await;
+    assert!(
+        rest.iter().all(|e| e["type"] != "tool-invocation"),
+        "{rest:?}"
+    );
+    let run_id = stream.run_id().to_owned();
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        flowai_storage::RunStatus::Cancelled
+    );
+    assert_eq!(
+        built
+            .runtime
+            .respond_to_approval(&approval_id, decision("approve"))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(format!("approval already resolved: {approval_id}"))
+    );
+    assert_eq!(host.tool_call_count(), 0);
+    // The recorded cancellation replays and verifies like any other decision.
+    built.runtime.verify(&run_id).await.unwrap();
+}
