@@ -195,7 +195,19 @@ impl Driver {
                 started
             }
             None => match self.j.take::<payloads::RunStarted>().await? {
-                Some((_, started)) => started,
+                Some((_, started)) => {
+                    if self.j.mode() == DriveMode::Resume {
+                        // Driven again: `running` from its next commit on (a gate it
+                        // waits at again sets `suspended` after this).
+                        let (run_id, at_ms) = (self.j.run_id(), self.j.now_ms());
+                        self.j.push_updates(vec![IndexUpdate::SetRunStatus {
+                            run_id,
+                            status: RunStatus::Running,
+                            at_ms,
+                        }]);
+                    }
+                    started
+                }
                 None => {
                     return Err(EngineError::Internal(format!(
                         "run {} has no RunStarted record",
