@@ -642,3 +642,47 @@ async fn a_tool_gate_resumes_with_the_recorded_predicate_answer() {
     assert_eq!(calls[0].3, 1);
     built.runtime.verify(&run_id).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_resumed_run_is_running_while_it_acts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.redb");
+    let (run_id, approval_id) = suspend_at_plan_gate(&path).await;
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let host = dispatching();
+    let gate_host = GateHost::holding(Arc::clone(&host), Arc::clone(&hold));
+    let store = Store::open(&path, Default::default()).unwrap();
+    let built = build_gated(
+        plans_spec("acme", always(), never()),
+        gate_host.clone(),
+        store,
+        Options {
+            ids_from: 3 * START_MS as u64,
+            ..Options::default()
+        },
+    );
+    built
+        .runtime
+        .respond_to_approval(&approval_id, decision("approve"))
+        .await
+        .unwrap();
+    let mut resumed = built.runtime.resume(&run_id, false).unwrap();
+    let reader = tokio::spawn(async move { collect(&mut resumed).await });
+    gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+    let info = built.runtime.run(&run_id).unwrap();
+    assert_eq!(
+        info.meta.status,
+        RunStatus::Running,
+        "no longer waiting at a gate"
+    );
+    assert!(
+        built.runtime.pending().unwrap().is_empty(),
+        "driven here: nothing to do"
+    );
+    hold.add_permits(1);
+    reader.await.unwrap();
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Completed
+    );
+}
