@@ -866,3 +866,70 @@ async fn a_plan_being_executed_cannot_be_stored_over() {
     let events = first.await.unwrap();
     assert_eq!(results_of(&events, "executePlan")[0]["entitiesAffected"], 1);
 }
+
+#[tokio::test]
+async fn plans_are_tenant_scoped() {
+    let store = Store::in_memory().unwrap();
+    let host = dispatching(json!({"entitiesAffected": 1}));
+    let acme = build_gated(
+        plans_spec("acme", never(), never()),
+        GateHost::new(Arc::clone(&host)),
+        store.clone(),
+        Options::default(),
+    );
+    let globex = build_gated(
+        plans_spec("globex", never(), never()),
+        GateHost::new(Arc::clone(&host)),
+        store,
+        Options {
+            ids_from: 2 * START_MS as u64,
+            ..Options::default()
+        },
+    );
+    collect(
+        &mut acme
+            .runtime
+            .query(
+                &script(vec![via("planner", vec![store_plan("p", demo_body())])]),
+                "t",
+                None,
+            )
+            .unwrap(),
+    )
+    .await;
+    let prompt = script(vec![
+        via("planner", vec![get_plan("p")]),
+        via("executor", vec![execute_plan("p")]),
+    ]);
+    let events = collect(&mut globex.runtime.query(&prompt, "t", None).unwrap()).await;
+    assert_eq!(results_of(&events, "getPlan"), [Value::Null]);
+    assert_eq!(
+        results_of(&events, "executePlan"),
+        [json!({"error": "plan not found: p"})]
+    );
+    assert_eq!(host.dispatch_count(), 0);
+    // The same id in another tenant is another plan.
+    let events = collect(
+        &mut globex
+            .runtime
+            .query(&flow("p", json!({"actions": [{"kind": "x"}]})), "t", None)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(results_of(&events, "storePlan")[0]["owner"], "globex");
+    assert_eq!(host.dispatch_count(), 1);
+    let events = collect(
+        &mut acme
+            .runtime
+            .query(
+                &script(vec![via("planner", vec![get_plan("p")])]),
+                "t",
+                None,
+            )
+            .unwrap(),
+    )
+    .await;
+    let plan = &results_of(&events, "getPlan")[0];
+    assert_eq!(plan["status"], "draft");
+    assert_eq!(plan["owner"], "acme");
+}
