@@ -592,8 +592,11 @@ async fn execute_approved(
                     let tenant = driver.tenant().to_owned();
                     match driver.journal().store().reference(&tenant, kind, id, now)? {
                         Some(entry) => {
-                            let value: Value =
-                                serde_json::from_str(&entry.value).unwrap_or(Value::Null);
+                            let value: Value = serde_json::from_str(&entry.value).map_err(|e| {
+                                EngineError::Internal(format!(
+                                    "stored reference kind={kind} id={id} is not JSON: {e}"
+                                ))
+                            })?;
                             resolved
                                 .entry(kind.to_owned())
                                 .or_insert_with(|| Value::Object(Map::new()))
