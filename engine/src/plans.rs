@@ -4,7 +4,9 @@
 //! Every plan version and transition is a journal record of the run; the store's plan
 //! table is a projection used for live lookups only. On resume and verify, a plan this
 //! run wrote is read back from the run's own records, and `executePlan` is re-entered
-//! through its nested records (it is never re-run whole).
+//! through its nested records (it is never re-run whole). A plan stored by an earlier
+//! run is read back from this run's gate request or transition records, which carry
+//! the full plan, so a replay never depends on what the table says today.
 
 use flowai_storage::payloads;
 use flowai_storage::{IndexUpdate, PlanRow, RecordKind};
