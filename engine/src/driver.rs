@@ -346,8 +346,29 @@ impl Driver {
             while let Ok(message) = control.try_recv() {
                 match message {
                     Control::Cancel => self.cancel_requested = true,
-                    // A resumed run may be answered while it replays toward its gate.
-                    other => self.deferred.push_back(other),
+                    Control::Decide {
+                        approval_id,
+                        decision,
+                        ack,
+                    } => {
+                        // A resumed run may be answered while it replays toward its
+                        // gate; an answer to an approval no longer pending (a duplicate)
+                        // is refused now rather than when the run next waits.
+                        let pending = matches!(
+                            self.j.store().approval(&approval_id),
+                            Ok(Some(row)) if row.status == ApprovalStatus::Pending
+                        );
+                        if pending {
+                            self.deferred.push_back(Control::Decide {
+                                approval_id,
+                                decision,
+                                ack,
+                            });
+                        } else {
+                            let _ = ack.send(Err(EngineError::ApprovalResolved(approval_id)));
+                        }
+                    }
+                    Control::Appended => self.deferred.push_back(Control::Appended),
                 }
             }
         }
