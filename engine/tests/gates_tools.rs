@@ -530,3 +530,57 @@ async fn cancelling_at_a_tool_gate_never_runs_the_handler() {
     // The recorded cancellation replays and verifies like any other decision.
     built.runtime.verify(&run_id).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_duplicate_answer_is_refused_while_the_run_goes_on() {
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let host = searching_host().dispatcher(|_, _| Ok(json!({"entitiesAffected": 1})));
+    let gate_host = GateHost::holding(Arc::clone(&host), Arc::clone(&hold));
+    let built = build_gated(
+        plans_spec("acme", never(), never()),
+        gate_host.clone(),
+        Store::in_memory().unwrap(),
+        Options {
+            tools: vec![host_tool(
+                "executor",
+                "search",
+                json!({"type": "object"}),
+                always(),
+            )],
+            ..Options::default()
+        },
+    );
+    let prompt = script(vec![
+        via("planner", vec![store_plan("p", demo_body())]),
+        via(
+            "executor",
+            vec![call("search", json!({"q": "a"})), execute_plan("p")],
+        ),
+    ]);
+    let mut stream = built.runtime.query(&prompt, "t", None).unwrap();
+    let (_, approval_id) = until_approval(&mut stream).await;
+    // Both answers return before the run finishes (the dispatcher is still held).
+    let (first, second) = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        tokio::join!(
+            built
+                .runtime
+                .respond_to_approval(&approval_id, decision("approve")),
+            built
+                .runtime
+                .respond_to_approval(&approval_id, decision("reject")),
+        )
+    })
+    .await
+    .expect("a duplicate answer waited for the run");
+    first.unwrap();
+    let reader = tokio::spawn(async move { collect(&mut stream).await });
+    gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+    assert_eq!(
+        second.map_err(|e| e.to_string()),
+        Err(format!("approval already resolved: {approval_id}"))
+    );
+    hold.add_permits(1);
+    let events = reader.await.unwrap();
+    assert_eq!(results_of(&events, "search"), [json!({"hits": ["a"]})]);
+    assert_eq!(host.dispatch_count(), 1);
+}
