@@ -933,3 +933,52 @@ async fn plans_are_tenant_scoped() {
     assert_eq!(plan["status"], "draft");
     assert_eq!(plan["owner"], "acme");
 }
+
+#[tokio::test]
+async fn revise_then_store_again_then_approve_executes_the_new_version() {
+    let host = dispatching(json!({"entitiesAffected": 1}));
+    let built = gated_runtime(&host);
+    let revised = json!({"actions": [{"kind": "notify", "channel": "sms"}], "rationale": "v2"});
+    let prompt = script(vec![
+        via("planner", vec![store_plan("p", demo_body())]),
+        via("executor", vec![execute_plan("p")]),
+        via("planner", vec![store_plan("p", revised)]),
+        via("executor", vec![execute_plan("p")]),
+    ]);
+    let mut stream = built.runtime.query(&prompt, "t", None).unwrap();
+    let (_, first) = until_approval(&mut stream).await;
+    built
+        .runtime
+        .respond_to_approval(&first, decision("revise"))
+        .await
+        .unwrap();
+    let between = read_until(&mut stream, |e| e["type"] == "approval-required").await;
+    let request = &between.last().unwrap()["data"];
+    assert_ne!(request["id"], first);
+    assert_eq!(request["payload"]["context"], json!({"rationale": "v2"}));
+    assert_eq!(
+        request["payload"]["actions"],
+        json!([{"kind": "notify", "payload": {"channel": "sms"}, "references": []}])
+    );
+    assert_eq!(host.dispatch_count(), 0);
+    let second = request["id"].as_str().unwrap().to_owned();
+    built
+        .runtime
+        .respond_to_approval(&second, decision("approve"))
+        .await
+        .unwrap();
+    let rest = collect(&mut stream).await;
+    assert_eq!(
+        results_of(&rest, "executePlan")[0]["resolvedActions"],
+        json!([{"type": "notify", "payload": {"channel": "sms"}}])
+    );
+    let dispatches = host.dispatches.lock().unwrap().clone();
+    assert_eq!(dispatches.len(), 1);
+    assert_eq!(dispatches[0].0, request["payload"]["actions"]);
+    let versions: Vec<u64> = records_of(&built.runtime, stream.run_id(), "PlanStored")
+        .iter()
+        .map(|(_, d)| d["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    built.runtime.verify(stream.run_id()).await.unwrap();
+}
