@@ -312,6 +312,7 @@ async fn answer_plan_gate(
         ["plan-status-change:draft->pending_approval"]
     );
     rest.remove(0);
+    built.runtime.verify(stream.run_id()).await.unwrap();
     (stream.run_id().to_owned(), approval_id, rest)
 }
 
@@ -380,6 +381,7 @@ async fn rejected_plan_stays_draft_and_a_retry_asks_again() {
         "a rejected plan is never dispatched"
     );
     assert!(records_of(&built.runtime, stream.run_id(), "PlanTransitioned").is_empty());
+    built.runtime.verify(stream.run_id()).await.unwrap();
 }
 
 #[tokio::test]
@@ -434,6 +436,8 @@ async fn auto_flow(built: &Gated, plan_id: &str, body: Value) -> (String, Vec<Va
         .query(&flow(plan_id, body), "t", None)
         .unwrap();
     let events = collect(&mut stream).await;
+    // Every finished run re-drives to the same commands from its journal.
+    built.runtime.verify(stream.run_id()).await.unwrap();
     (stream.run_id().to_owned(), events)
 }
 
@@ -709,6 +713,7 @@ async fn store_plan_errors_store_nothing() {
     assert!(results[1]["error"].as_str().unwrap().contains("rationale"));
     assert_eq!(results_of(&events, "getPlan"), [Value::Null]);
     assert!(records_of(&built.runtime, stream.run_id(), "PlanStored").is_empty());
+    built.runtime.verify(stream.run_id()).await.unwrap();
 
     // The schema validation also sees a missing `actions` first (step 2 before step 3).
     let events = collect(
@@ -769,6 +774,7 @@ async fn storing_again_makes_a_new_draft_version() {
         .map(|(_, d)| d["version"].as_u64().unwrap())
         .collect();
     assert_eq!(versions, [1, 2, 3]);
+    built.runtime.verify(stream.run_id()).await.unwrap();
 
     // A later run sees the latest version and continues the count.
     let mut later = built
