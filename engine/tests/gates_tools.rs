@@ -100,6 +100,7 @@ async fn always_gated_tool_waits_for_the_decision() {
     let started = records_of(&built.runtime, stream.run_id(), "ToolCallStarted");
     let calls = host.tool_calls.lock().unwrap().clone();
     assert_eq!(calls[0].2, format!("{}:{}", stream.run_id(), started[0].0));
+    built.runtime.verify(stream.run_id()).await.unwrap();
 }
 
 #[tokio::test]
@@ -156,6 +157,7 @@ async fn rejected_and_revised_tools_never_run() {
             "{outcome}: the handler never runs"
         );
         assert!(records_of(&built.runtime, stream.run_id(), "AttemptStarted").is_empty());
+        built.runtime.verify(stream.run_id()).await.unwrap();
     }
 }
 
@@ -292,6 +294,7 @@ async fn search_is_gated(built: &Gated, host: &TestHost) -> bool {
             .unwrap();
     }
     collect(&mut stream).await;
+    built.runtime.verify(stream.run_id()).await.unwrap();
     assert_eq!(host.tool_call_count(), before + 1);
     gated
 }
