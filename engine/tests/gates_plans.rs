@@ -988,3 +988,83 @@ async fn revise_then_store_again_then_approve_executes_the_new_version() {
     assert_eq!(versions, [1, 2]);
     built.runtime.verify(stream.run_id()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_run_that_stored_a_plan_cannot_overwrite_it_while_another_run_executes_it() {
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let host = dispatching(json!({"entitiesAffected": 1})).handler("pause", |_| Ok(json!({})));
+    let gate_host = GateHost::holding(Arc::clone(&host), Arc::clone(&hold));
+    let built = build_gated(
+        plans_spec("acme", never(), never()),
+        gate_host.clone(),
+        Store::in_memory().unwrap(),
+        Options {
+            tools: vec![host_tool(
+                "planner",
+                "pause",
+                json!({"type": "object"}),
+                always(),
+            )],
+            ..Options::default()
+        },
+    );
+    // Run B stores the plan, then waits at a gate before storing it again.
+    let mut b = built
+        .runtime
+        .query(
+            &script(vec![via(
+                "planner",
+                vec![
+                    store_plan("p", demo_body()),
+                    call("pause", json!({})),
+                    store_plan("p", demo_body()),
+                ],
+            )]),
+            "tb",
+            None,
+        )
+        .unwrap();
+    let (mut b_events, pause) = until_approval(&mut b).await;
+    // Run A executes that plan and sits in the dispatcher.
+    let mut a = built
+        .runtime
+        .query(
+            &script(vec![via("executor", vec![execute_plan("p")])]),
+            "ta",
+            None,
+        )
+        .unwrap();
+    let a_reader = tokio::spawn(async move { collect(&mut a).await });
+    gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+    built
+        .runtime
+        .respond_to_approval(&pause, decision("approve"))
+        .await
+        .unwrap();
+    b_events.extend(collect(&mut b).await);
+    let stored = results_of(&b_events, "storePlan");
+    assert_eq!(stored[0]["status"], "draft");
+    assert_eq!(stored[1], json!({"error": "plan p is executing"}));
+    hold.add_permits(1);
+    let a_events = a_reader.await.unwrap();
+    assert_eq!(
+        results_of(&a_events, "executePlan")[0]["entitiesAffected"],
+        1
+    );
+
+    // Once executed, storing again is a new version after the table's latest.
+    let mut c = built
+        .runtime
+        .query(
+            &script(vec![via("planner", vec![store_plan("p", demo_body())])]),
+            "tc",
+            None,
+        )
+        .unwrap();
+    collect(&mut c).await;
+    let versions: Vec<u64> = records_of(&built.runtime, c.run_id(), "PlanStored")
+        .iter()
+        .map(|(_, d)| d["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [2]);
+}
