@@ -195,7 +195,19 @@ impl Driver {
                 started
             }
             None => match self.j.take::<payloads::RunStarted>().await? {
-                Some((_, started)) => started,
+                Some((_, started)) => {
+                    if self.j.mode() == DriveMode::Resume {
+                        // Driven again: `running` from its next commit on (a gate it
+                        // waits at again sets `suspended` after this).
+                        let (run_id, at_ms) = (self.j.run_id(), self.j.now_ms());
+                        self.j.push_updates(vec![IndexUpdate::SetRunStatus {
+                            run_id,
+                            status: RunStatus::Running,
+                            at_ms,
+                        }]);
+                    }
+                    started
+                }
                 None => {
                     return Err(EngineError::Internal(format!(
                         "run {} has no RunStarted record",
@@ -309,12 +321,11 @@ impl Driver {
                 }],
             )?;
         }
-        let mut updates = Vec::new();
-        updates.push(IndexUpdate::SetRunStatus {
+        let updates = vec![IndexUpdate::SetRunStatus {
             run_id: self.j.run_id(),
             status: RunStatus::Cancelled,
             at_ms: self.j.now_ms(),
-        });
+        }];
         self.j.push(
             &payloads::RunCancelled {
                 origin: String::from("engine"),
@@ -331,8 +342,29 @@ impl Driver {
             while let Ok(message) = control.try_recv() {
                 match message {
                     Control::Cancel => self.cancel_requested = true,
-                    // A resumed run may be answered while it replays toward its gate.
-                    other => self.deferred.push_back(other),
+                    Control::Decide {
+                        approval_id,
+                        decision,
+                        ack,
+                    } => {
+                        // A resumed run may be answered while it replays toward its
+                        // gate; an answer to an approval no longer pending (a duplicate)
+                        // is refused now rather than when the run next waits.
+                        let pending = matches!(
+                            self.j.store().approval(&approval_id),
+                            Ok(Some(row)) if row.status == ApprovalStatus::Pending
+                        );
+                        if pending {
+                            self.deferred.push_back(Control::Decide {
+                                approval_id,
+                                decision,
+                                ack,
+                            });
+                        } else {
+                            let _ = ack.send(Err(EngineError::ApprovalResolved(approval_id)));
+                        }
+                    }
+                    Control::Appended => self.deferred.push_back(Control::Appended),
                 }
             }
         }
@@ -871,6 +903,11 @@ impl Driver {
             }
         };
         if let Some((_, decided)) = self.j.take::<payloads::ApprovalDecided>().await? {
+            if decided.outcome == "cancelled" {
+                // Only a run cancellation resolves a gate as cancelled, and its
+                // RunCancelled follows: the call has no outcome to re-derive.
+                return Err(EngineError::CancelRequested);
+            }
             return Ok(GateOutcome::Decided(decided));
         }
         if self.j.mode() == DriveMode::Resume {

@@ -4,7 +4,9 @@
 //! Every plan version and transition is a journal record of the run; the store's plan
 //! table is a projection used for live lookups only. On resume and verify, a plan this
 //! run wrote is read back from the run's own records, and `executePlan` is re-entered
-//! through its nested records (it is never re-run whole).
+//! through its nested records (it is never re-run whole). A plan stored by an earlier
+//! run is read back from this run's gate request or transition records, which carry
+//! the full plan, so a replay never depends on what the table says today.
 
 use flowai_storage::payloads;
 use flowai_storage::{IndexUpdate, PlanRow, RecordKind};
@@ -207,16 +209,25 @@ fn plan_row(driver: &mut Driver, plan_id: &str, known: &KnownPlan, seq: u64) -> 
 
 /// The plan table's row, read live (store-only built-ins and plans of earlier runs).
 fn stored_row(driver: &mut Driver, plan_id: &str) -> Result<Option<KnownPlan>, EngineError> {
+    Ok(stored_row_of(driver, plan_id)?.map(|(known, _)| known))
+}
+
+/// The plan table's row and the run that wrote it.
+fn stored_row_of(
+    driver: &mut Driver,
+    plan_id: &str,
+) -> Result<Option<(KnownPlan, flowai_storage::RunId)>, EngineError> {
     let tenant = driver.tenant().to_owned();
     let Some(row) = driver.journal().store().plan(&tenant, plan_id)? else {
         return Ok(None);
     };
     let plan = serde_json::from_str(&row.body)
         .map_err(|e| EngineError::Internal(format!("stored plan {plan_id} is not JSON: {e}")))?;
-    Ok(Some(KnownPlan {
+    let known = KnownPlan {
         plan,
         version: row.version,
-    }))
+    };
+    Ok(Some((known, row.run_id)))
 }
 
 /// The version of a plan this run learns from a record that does not carry one. Only
@@ -266,18 +277,28 @@ async fn store_plan(driver: &mut Driver, args: &Value) -> Result<ToolOutcome, En
         Ok(flat) => flat,
         Err(message) => return Ok(ToolOutcome::error(message)),
     };
-    // Another run may be executing the plan, so the live table decides when this run
-    // has not touched the plan itself.
-    let previous = match driver.plans.get(&plan_id) {
-        Some(known) => Some(known.clone()),
-        None => stored_row(driver, &plan_id)?,
+    // The table is fresher than this run's view only when another run wrote the plan
+    // last; this run's own latest version may not be committed yet.
+    let seen = driver.plans.get(&plan_id).cloned();
+    let run = driver.journal().run_id();
+    let (table, other_writer) = match stored_row_of(driver, &plan_id)? {
+        Some((known, writer)) => (Some(known), writer != run),
+        None => (None, false),
     };
-    if let Some(previous) = &previous {
-        if status_of(&previous.plan) == "executing" {
-            return Ok(ToolOutcome::error(format!("plan {plan_id} is executing")));
-        }
+    let current = match (&seen, &table) {
+        (Some(_), Some(_)) if other_writer => table.as_ref(),
+        (Some(_), _) => seen.as_ref(),
+        (None, _) => table.as_ref(),
+    };
+    if current.is_some_and(|known| status_of(&known.plan) == "executing") {
+        return Ok(ToolOutcome::error(format!("plan {plan_id} is executing")));
     }
-    let version = previous.map_or(1, |known| known.version + 1);
+    let version = [seen.as_ref(), table.as_ref()]
+        .iter()
+        .flatten()
+        .map(|known| known.version)
+        .max()
+        .map_or(1, |latest| latest + 1);
     let now = rfc3339_ms(driver.journal().now_ms());
     let plan = json!({
         "id": plan_id, "owner": driver.tenant(), "actions": actions, "status": "draft",
@@ -591,8 +612,11 @@ async fn execute_approved(
                     let tenant = driver.tenant().to_owned();
                     match driver.journal().store().reference(&tenant, kind, id, now)? {
                         Some(entry) => {
-                            let value: Value =
-                                serde_json::from_str(&entry.value).unwrap_or(Value::Null);
+                            let value: Value = serde_json::from_str(&entry.value).map_err(|e| {
+                                EngineError::Internal(format!(
+                                    "stored reference kind={kind} id={id} is not JSON: {e}"
+                                ))
+                            })?;
                             resolved
                                 .entry(kind.to_owned())
                                 .or_insert_with(|| Value::Object(Map::new()))

@@ -1,6 +1,7 @@
 //! Durable approvals (API.md §9.3, DESIGN.md §3 rule 4, §5): a plan gate survives the
 //! runtime, is answered from a new runtime, and the run continues on resume with the
 //! dispatcher invoked exactly once under its idempotency key.
+#![allow(clippy::unwrap_used)]
 
 #[path = "support/gates.rs"]
 mod gates;
@@ -97,7 +98,7 @@ async fn decision_from_a_new_runtime_continues_on_resume() {
         .iter()
         .map(|info| info.meta.run_id.to_string())
         .collect();
-    assert_eq!(pending, [run_id.clone()]);
+    assert_eq!(pending, vec![run_id.clone()]);
     let decided = records_of(&built.runtime, &run_id, "ApprovalDecided");
     assert_eq!(decided.len(), 1);
     assert_eq!(decided[0].1["origin"], "host");
@@ -304,6 +305,7 @@ async fn cancelling_a_suspended_run_resolves_its_approvals() {
     assert!(replayed.iter().all(|e| e["type"] != "approval-decision"));
     assert!(built.runtime.pending().unwrap().is_empty());
     assert_eq!(host.dispatch_count(), 0);
+    built.runtime.verify(&run_id).await.unwrap();
 }
 
 #[tokio::test]
@@ -345,6 +347,7 @@ async fn cancelling_a_run_waiting_in_this_runtime() {
         Some(format!("run {run_id} is cancelled"))
     );
     assert_eq!(host.dispatch_count(), 0);
+    built.runtime.verify(&run_id).await.unwrap();
 }
 
 #[tokio::test]
@@ -403,7 +406,7 @@ async fn an_unfinished_dispatch_is_attempted_again_under_the_same_key() {
         .iter()
         .map(|info| info.meta.run_id.to_string())
         .collect();
-    assert_eq!(pending, [run_id.clone()]);
+    assert_eq!(pending, vec![run_id.clone()]);
     let events = collect(&mut built.runtime.resume(&run_id, false).unwrap()).await;
     let dispatches = host.dispatches.lock().unwrap().clone();
     assert_eq!(dispatches.len(), 1);
@@ -430,4 +433,256 @@ async fn an_unfinished_dispatch_is_attempted_again_under_the_same_key() {
         RunStatus::Completed
     );
     built.runtime.verify(&run_id).await.unwrap();
+}
+
+/// Opens `path` with a spec whose plan and tool floors are given.
+fn open_with(path: &Path, host: &Arc<TestHost>, plans: Value, options: Options) -> (Store, Gated) {
+    let store = Store::open(path, Default::default()).unwrap();
+    let built = build_gated(
+        plans_spec("acme", plans, never()),
+        GateHost::new(Arc::clone(host)),
+        store.clone(),
+        options,
+    );
+    (store, built)
+}
+
+#[tokio::test]
+async fn a_plan_of_an_earlier_run_resumes_from_this_runs_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.redb");
+    let (run_id, approval_id, stored) = {
+        let host = dispatching();
+        let (store, built) = open_with(&path, &host, always(), Options::default());
+        let mut planning = built
+            .runtime
+            .query(
+                &script(vec![via("planner", vec![store_plan("p", demo_body())])]),
+                "t0",
+                None,
+            )
+            .unwrap();
+        let stored = results_of(&collect(&mut planning).await, "storePlan")[0].clone();
+        let mut stream = built
+            .runtime
+            .query(
+                &script(vec![via("executor", vec![execute_plan("p")])]),
+                "t1",
+                None,
+            )
+            .unwrap();
+        let (_, approval_id) = until_approval(&mut stream).await;
+        let run_id = stream.run_id().to_owned();
+        drop(stream);
+        built.runtime.close().unwrap();
+        store.close().unwrap();
+        (run_id, approval_id, stored)
+    };
+    let host = dispatching();
+    let (_store, built) = open_with(
+        &path,
+        &host,
+        always(),
+        Options {
+            ids_from: 3 * START_MS as u64,
+            ..Options::default()
+        },
+    );
+    built
+        .runtime
+        .respond_to_approval(&approval_id, decision("approve"))
+        .await
+        .unwrap();
+    let events = collect(&mut built.runtime.resume(&run_id, false).unwrap()).await;
+    assert_eq!(results_of(&events, "executePlan")[0]["entitiesAffected"], 2);
+    let dispatches = host.dispatches.lock().unwrap().clone();
+    assert_eq!(dispatches.len(), 1);
+    assert_eq!(
+        dispatches[0].0, stored["actions"],
+        "the plan's actions, not an empty list"
+    );
+    let transitions = records_of(&built.runtime, &run_id, "PlanTransitioned");
+    assert_eq!(transitions[0].1["plan"]["actions"], stored["actions"]);
+    assert_eq!(transitions[0].1["plan"]["context"], stored["context"]);
+    built.runtime.verify(&run_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_auto_approved_plan_of_an_earlier_run_re_enters_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.redb");
+    let run_id = {
+        let host = dispatching();
+        let hold = Arc::new(tokio::sync::Semaphore::new(0));
+        let gate_host = GateHost::holding(Arc::clone(&host), hold);
+        let store = Store::open(&path, Default::default()).unwrap();
+        let built = build_gated(
+            plans_spec("acme", never(), never()),
+            gate_host.clone(),
+            store.clone(),
+            Options::default(),
+        );
+        let mut planning = built
+            .runtime
+            .query(
+                &script(vec![via("planner", vec![store_plan("p", demo_body())])]),
+                "t0",
+                None,
+            )
+            .unwrap();
+        collect(&mut planning).await;
+        let mut stream = built
+            .runtime
+            .query(
+                &script(vec![via("executor", vec![execute_plan("p")])]),
+                "t1",
+                None,
+            )
+            .unwrap();
+        let run_id = stream.run_id().to_owned();
+        let reader = tokio::spawn(async move { collect(&mut stream).await });
+        gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+        built.runtime.close().unwrap();
+        let _ = reader.await;
+        store.close().unwrap();
+        run_id
+    };
+    let host = dispatching();
+    let (_store, built) = open_with(
+        &path,
+        &host,
+        never(),
+        Options {
+            ids_from: 3 * START_MS as u64,
+            ..Options::default()
+        },
+    );
+    let events = collect(&mut built.runtime.resume(&run_id, false).unwrap()).await;
+    assert_eq!(results_of(&events, "executePlan")[0]["entitiesAffected"], 2);
+    let dispatches = host.dispatches.lock().unwrap().clone();
+    assert_eq!(dispatches.len(), 1);
+    assert_eq!(dispatches[0].3, 2);
+    assert_eq!(dispatches[0].0.as_array().unwrap().len(), 2);
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Completed
+    );
+    built.runtime.verify(&run_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tool_gate_resumes_with_the_recorded_predicate_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.redb");
+    let tool = || {
+        host_tool(
+            "specialist",
+            "search",
+            json!({"type": "object"}),
+            dynamic("ask"),
+        )
+    };
+    let options = |ids_from: u64| Options {
+        tools: vec![tool()],
+        predicates: vec![String::from("ask")],
+        ids_from,
+        ..Options::default()
+    };
+    let (run_id, approval_id) = {
+        let host = TestHost::new()
+            .predicate("ask", true)
+            .handler("search", |_| Ok(json!({"ok": true})));
+        let (store, built) = open_with(&path, &host, always(), options(START_MS as u64));
+        let mut stream = built
+            .runtime
+            .run_specialist(
+                "specialist",
+                &call("search", json!({"q": "a"})).to_string(),
+                Some("t"),
+                None,
+            )
+            .unwrap();
+        let (_, approval_id) = until_approval(&mut stream).await;
+        let run_id = stream.run_id().to_owned();
+        drop(stream);
+        built.runtime.close().unwrap();
+        store.close().unwrap();
+        assert_eq!(host.predicate_calls.lock().unwrap().len(), 1);
+        assert_eq!(host.tool_call_count(), 0);
+        (run_id, approval_id)
+    };
+    let host = TestHost::new()
+        .predicate("ask", true)
+        .handler("search", |_| Ok(json!({"ok": true})));
+    let (_store, built) = open_with(&path, &host, always(), options(3 * START_MS as u64));
+    built
+        .runtime
+        .respond_to_approval(&approval_id, decision("approve"))
+        .await
+        .unwrap();
+    let events = collect(&mut built.runtime.resume(&run_id, false).unwrap()).await;
+    assert_eq!(
+        types(&events),
+        [
+            "approval-decision",
+            "tool-invocation:result",
+            "text",
+            "finish",
+            "tool-agent:result"
+        ]
+    );
+    assert!(
+        host.predicate_calls.lock().unwrap().is_empty(),
+        "recorded answer used"
+    );
+    let calls = host.tool_calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    let started = records_of(&built.runtime, &run_id, "ToolCallStarted");
+    assert_eq!(calls[0].2, format!("{run_id}:{}", started[0].0));
+    assert_eq!(calls[0].3, 1);
+    built.runtime.verify(&run_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_resumed_run_is_running_while_it_acts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.redb");
+    let (run_id, approval_id) = suspend_at_plan_gate(&path).await;
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let host = dispatching();
+    let gate_host = GateHost::holding(Arc::clone(&host), Arc::clone(&hold));
+    let store = Store::open(&path, Default::default()).unwrap();
+    let built = build_gated(
+        plans_spec("acme", always(), never()),
+        gate_host.clone(),
+        store,
+        Options {
+            ids_from: 3 * START_MS as u64,
+            ..Options::default()
+        },
+    );
+    built
+        .runtime
+        .respond_to_approval(&approval_id, decision("approve"))
+        .await
+        .unwrap();
+    let mut resumed = built.runtime.resume(&run_id, false).unwrap();
+    let reader = tokio::spawn(async move { collect(&mut resumed).await });
+    gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+    let info = built.runtime.run(&run_id).unwrap();
+    assert_eq!(
+        info.meta.status,
+        RunStatus::Running,
+        "no longer waiting at a gate"
+    );
+    assert!(
+        built.runtime.pending().unwrap().is_empty(),
+        "driven here: nothing to do"
+    );
+    hold.add_permits(1);
+    reader.await.unwrap();
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Completed
+    );
 }

@@ -1,6 +1,7 @@
 //! Plans through the scripted coordinator → planner → executor flow (API.md §4.3,
 //! §5.2–§5.6): auto-approval, the plan gate, reject/revise, the dispatcher envelope,
 //! reference hydration and storePlan errors.
+#![allow(clippy::unwrap_used)]
 
 #[path = "support/gates.rs"]
 mod gates;
@@ -311,6 +312,7 @@ async fn answer_plan_gate(
         ["plan-status-change:draft->pending_approval"]
     );
     rest.remove(0);
+    built.runtime.verify(stream.run_id()).await.unwrap();
     (stream.run_id().to_owned(), approval_id, rest)
 }
 
@@ -379,6 +381,7 @@ async fn rejected_plan_stays_draft_and_a_retry_asks_again() {
         "a rejected plan is never dispatched"
     );
     assert!(records_of(&built.runtime, stream.run_id(), "PlanTransitioned").is_empty());
+    built.runtime.verify(stream.run_id()).await.unwrap();
 }
 
 #[tokio::test]
@@ -433,6 +436,8 @@ async fn auto_flow(built: &Gated, plan_id: &str, body: Value) -> (String, Vec<Va
         .query(&flow(plan_id, body), "t", None)
         .unwrap();
     let events = collect(&mut stream).await;
+    // Every finished run re-drives to the same commands from its journal.
+    built.runtime.verify(stream.run_id()).await.unwrap();
     (stream.run_id().to_owned(), events)
 }
 
@@ -708,6 +713,7 @@ async fn store_plan_errors_store_nothing() {
     assert!(results[1]["error"].as_str().unwrap().contains("rationale"));
     assert_eq!(results_of(&events, "getPlan"), [Value::Null]);
     assert!(records_of(&built.runtime, stream.run_id(), "PlanStored").is_empty());
+    built.runtime.verify(stream.run_id()).await.unwrap();
 
     // The schema validation also sees a missing `actions` first (step 2 before step 3).
     let events = collect(
@@ -768,6 +774,7 @@ async fn storing_again_makes_a_new_draft_version() {
         .map(|(_, d)| d["version"].as_u64().unwrap())
         .collect();
     assert_eq!(versions, [1, 2, 3]);
+    built.runtime.verify(stream.run_id()).await.unwrap();
 
     // A later run sees the latest version and continues the count.
     let mut later = built
@@ -864,4 +871,200 @@ async fn a_plan_being_executed_cannot_be_stored_over() {
     hold.add_permits(1);
     let events = first.await.unwrap();
     assert_eq!(results_of(&events, "executePlan")[0]["entitiesAffected"], 1);
+}
+
+#[tokio::test]
+async fn plans_are_tenant_scoped() {
+    let store = Store::in_memory().unwrap();
+    let host = dispatching(json!({"entitiesAffected": 1}));
+    let acme = build_gated(
+        plans_spec("acme", never(), never()),
+        GateHost::new(Arc::clone(&host)),
+        store.clone(),
+        Options::default(),
+    );
+    let globex = build_gated(
+        plans_spec("globex", never(), never()),
+        GateHost::new(Arc::clone(&host)),
+        store,
+        Options {
+            ids_from: 2 * START_MS as u64,
+            ..Options::default()
+        },
+    );
+    collect(
+        &mut acme
+            .runtime
+            .query(
+                &script(vec![via("planner", vec![store_plan("p", demo_body())])]),
+                "t",
+                None,
+            )
+            .unwrap(),
+    )
+    .await;
+    let prompt = script(vec![
+        via("planner", vec![get_plan("p")]),
+        via("executor", vec![execute_plan("p")]),
+    ]);
+    let events = collect(&mut globex.runtime.query(&prompt, "t", None).unwrap()).await;
+    assert_eq!(results_of(&events, "getPlan"), [Value::Null]);
+    assert_eq!(
+        results_of(&events, "executePlan"),
+        [json!({"error": "plan not found: p"})]
+    );
+    assert_eq!(host.dispatch_count(), 0);
+    // The same id in another tenant is another plan.
+    let events = collect(
+        &mut globex
+            .runtime
+            .query(&flow("p", json!({"actions": [{"kind": "x"}]})), "t", None)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(results_of(&events, "storePlan")[0]["owner"], "globex");
+    assert_eq!(host.dispatch_count(), 1);
+    let events = collect(
+        &mut acme
+            .runtime
+            .query(
+                &script(vec![via("planner", vec![get_plan("p")])]),
+                "t",
+                None,
+            )
+            .unwrap(),
+    )
+    .await;
+    let plan = &results_of(&events, "getPlan")[0];
+    assert_eq!(plan["status"], "draft");
+    assert_eq!(plan["owner"], "acme");
+}
+
+#[tokio::test]
+async fn revise_then_store_again_then_approve_executes_the_new_version() {
+    let host = dispatching(json!({"entitiesAffected": 1}));
+    let built = gated_runtime(&host);
+    let revised = json!({"actions": [{"kind": "notify", "channel": "sms"}], "rationale": "v2"});
+    let prompt = script(vec![
+        via("planner", vec![store_plan("p", demo_body())]),
+        via("executor", vec![execute_plan("p")]),
+        via("planner", vec![store_plan("p", revised)]),
+        via("executor", vec![execute_plan("p")]),
+    ]);
+    let mut stream = built.runtime.query(&prompt, "t", None).unwrap();
+    let (_, first) = until_approval(&mut stream).await;
+    built
+        .runtime
+        .respond_to_approval(&first, decision("revise"))
+        .await
+        .unwrap();
+    let between = read_until(&mut stream, |e| e["type"] == "approval-required").await;
+    let request = &between.last().unwrap()["data"];
+    assert_ne!(request["id"], first);
+    assert_eq!(request["payload"]["context"], json!({"rationale": "v2"}));
+    assert_eq!(
+        request["payload"]["actions"],
+        json!([{"kind": "notify", "payload": {"channel": "sms"}, "references": []}])
+    );
+    assert_eq!(host.dispatch_count(), 0);
+    let second = request["id"].as_str().unwrap().to_owned();
+    built
+        .runtime
+        .respond_to_approval(&second, decision("approve"))
+        .await
+        .unwrap();
+    let rest = collect(&mut stream).await;
+    assert_eq!(
+        results_of(&rest, "executePlan")[0]["resolvedActions"],
+        json!([{"type": "notify", "payload": {"channel": "sms"}}])
+    );
+    let dispatches = host.dispatches.lock().unwrap().clone();
+    assert_eq!(dispatches.len(), 1);
+    assert_eq!(dispatches[0].0, request["payload"]["actions"]);
+    let versions: Vec<u64> = records_of(&built.runtime, stream.run_id(), "PlanStored")
+        .iter()
+        .map(|(_, d)| d["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    built.runtime.verify(stream.run_id()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_run_that_stored_a_plan_cannot_overwrite_it_while_another_run_executes_it() {
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let host = dispatching(json!({"entitiesAffected": 1})).handler("pause", |_| Ok(json!({})));
+    let gate_host = GateHost::holding(Arc::clone(&host), Arc::clone(&hold));
+    let built = build_gated(
+        plans_spec("acme", never(), never()),
+        gate_host.clone(),
+        Store::in_memory().unwrap(),
+        Options {
+            tools: vec![host_tool(
+                "planner",
+                "pause",
+                json!({"type": "object"}),
+                always(),
+            )],
+            ..Options::default()
+        },
+    );
+    // Run B stores the plan, then waits at a gate before storing it again.
+    let mut b = built
+        .runtime
+        .query(
+            &script(vec![via(
+                "planner",
+                vec![
+                    store_plan("p", demo_body()),
+                    call("pause", json!({})),
+                    store_plan("p", demo_body()),
+                ],
+            )]),
+            "tb",
+            None,
+        )
+        .unwrap();
+    let (mut b_events, pause) = until_approval(&mut b).await;
+    // Run A executes that plan and sits in the dispatcher.
+    let mut a = built
+        .runtime
+        .query(
+            &script(vec![via("executor", vec![execute_plan("p")])]),
+            "ta",
+            None,
+        )
+        .unwrap();
+    let a_reader = tokio::spawn(async move { collect(&mut a).await });
+    gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+    built
+        .runtime
+        .respond_to_approval(&pause, decision("approve"))
+        .await
+        .unwrap();
+    b_events.extend(collect(&mut b).await);
+    let stored = results_of(&b_events, "storePlan");
+    assert_eq!(stored[0]["status"], "draft");
+    assert_eq!(stored[1], json!({"error": "plan p is executing"}));
+    hold.add_permits(1);
+    let a_events = a_reader.await.unwrap();
+    assert_eq!(
+        results_of(&a_events, "executePlan")[0]["entitiesAffected"],
+        1
+    );
+
+    // Once executed, storing again is a new version after the table's latest.
+    let mut c = built
+        .runtime
+        .query(
+            &script(vec![via("planner", vec![store_plan("p", demo_body())])]),
+            "tc",
+            None,
+        )
+        .unwrap();
+    collect(&mut c).await;
+    let versions: Vec<u64> = records_of(&built.runtime, c.run_id(), "PlanStored")
+        .iter()
+        .map(|(_, d)| d["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [2]);
 }

@@ -1,5 +1,6 @@
 //! The plan lifecycle (API.md §5.4) as a property: random transition attempts against
 //! `check_transition` agree with a reference model written from the contract's prose.
+#![allow(clippy::unwrap_used)]
 
 use flowai_runtime::check_transition;
 use proptest::prelude::*;

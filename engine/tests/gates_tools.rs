@@ -1,5 +1,6 @@
 //! Tool approval gates, predicates, the approval hierarchy and respond_to_approval
 //! errors (API.md §2.4, §3.2, §7).
+#![allow(clippy::unwrap_used)]
 
 #[path = "support/gates.rs"]
 mod gates;
@@ -99,6 +100,7 @@ async fn always_gated_tool_waits_for_the_decision() {
     let started = records_of(&built.runtime, stream.run_id(), "ToolCallStarted");
     let calls = host.tool_calls.lock().unwrap().clone();
     assert_eq!(calls[0].2, format!("{}:{}", stream.run_id(), started[0].0));
+    built.runtime.verify(stream.run_id()).await.unwrap();
 }
 
 #[tokio::test]
@@ -155,6 +157,7 @@ async fn rejected_and_revised_tools_never_run() {
             "{outcome}: the handler never runs"
         );
         assert!(records_of(&built.runtime, stream.run_id(), "AttemptStarted").is_empty());
+        built.runtime.verify(stream.run_id()).await.unwrap();
     }
 }
 
@@ -291,6 +294,7 @@ async fn search_is_gated(built: &Gated, host: &TestHost) -> bool {
             .unwrap();
     }
     collect(&mut stream).await;
+    built.runtime.verify(stream.run_id()).await.unwrap();
     assert_eq!(host.tool_call_count(), before + 1);
     gated
 }
@@ -487,5 +491,99 @@ async fn answering_never_waits_for_the_consumer() {
             "plan-status-change:pending_approval->approved",
         ]
     );
+    assert_eq!(host.dispatch_count(), 1);
+}
+
+#[tokio::test]
+async fn cancelling_at_a_tool_gate_never_runs_the_handler() {
+    let host = searching_host();
+    let (built, _) = specialist_runtime(
+        &host,
+        plans_spec("acme", always(), never()),
+        Options {
+            tools: vec![search_tool(always())],
+            ..Options::default()
+        },
+    );
+    let mut stream = built
+        .runtime
+        .run_specialist("specialist", &search("a"), Some("t1"), None)
+        .unwrap();
+    let (_, approval_id) = until_approval(&mut stream).await;
+    stream.cancel();
+    let rest = collect(&mut stream).await;
+    assert!(
+        rest.iter().all(|e| e["type"] != "tool-invocation"),
+        "{rest:?}"
+    );
+    let run_id = stream.run_id().to_owned();
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        flowai_storage::RunStatus::Cancelled
+    );
+    assert_eq!(
+        built
+            .runtime
+            .respond_to_approval(&approval_id, decision("approve"))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(format!("approval already resolved: {approval_id}"))
+    );
+    assert_eq!(host.tool_call_count(), 0);
+    // The recorded cancellation replays and verifies like any other decision.
+    built.runtime.verify(&run_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_duplicate_answer_is_refused_while_the_run_goes_on() {
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let host = searching_host().dispatcher(|_, _| Ok(json!({"entitiesAffected": 1})));
+    let gate_host = GateHost::holding(Arc::clone(&host), Arc::clone(&hold));
+    let built = build_gated(
+        plans_spec("acme", never(), never()),
+        gate_host.clone(),
+        Store::in_memory().unwrap(),
+        Options {
+            tools: vec![host_tool(
+                "executor",
+                "search",
+                json!({"type": "object"}),
+                always(),
+            )],
+            ..Options::default()
+        },
+    );
+    let prompt = script(vec![
+        via("planner", vec![store_plan("p", demo_body())]),
+        via(
+            "executor",
+            vec![call("search", json!({"q": "a"})), execute_plan("p")],
+        ),
+    ]);
+    let mut stream = built.runtime.query(&prompt, "t", None).unwrap();
+    let (_, approval_id) = until_approval(&mut stream).await;
+    // Both answers return before the run finishes (the dispatcher is still held).
+    let (first, second) = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        tokio::join!(
+            built
+                .runtime
+                .respond_to_approval(&approval_id, decision("approve")),
+            built
+                .runtime
+                .respond_to_approval(&approval_id, decision("reject")),
+        )
+    })
+    .await
+    .expect("a duplicate answer waited for the run");
+    first.unwrap();
+    let reader = tokio::spawn(async move { collect(&mut stream).await });
+    gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+    assert_eq!(
+        second.map_err(|e| e.to_string()),
+        Err(format!("approval already resolved: {approval_id}"))
+    );
+    hold.add_permits(1);
+    let events = reader.await.unwrap();
+    assert_eq!(results_of(&events, "search"), [json!({"hits": ["a"]})]);
     assert_eq!(host.dispatch_count(), 1);
 }

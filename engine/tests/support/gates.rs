@@ -1,5 +1,5 @@
 //! Helpers for the plan, approval and dispatcher tests (`gates_*.rs`).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
