@@ -2,8 +2,8 @@
 //! resumes, inspects, replays and verifies runs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use flowai_storage::payloads;
 use flowai_storage::{
@@ -45,6 +45,29 @@ pub struct RuntimeOptions {
 pub(crate) struct ActiveRun {
     control: mpsc::UnboundedSender<Control>,
     task: Option<tokio::task::AbortHandle>,
+    /// The runtime driving it ([`Shared::runtime_id`]).
+    owner: u64,
+}
+
+/// Runs driven in this process, per open store. Every runtime on one store sees the
+/// same map, so an approval or a cancel reaches the driver whichever runtime of the
+/// tenant it comes through (lookup only; never iterated to decide anything).
+type ActiveRuns = Arc<Mutex<HashMap<RunId, ActiveRun>>>;
+
+static ACTIVE_BY_STORE: LazyLock<Mutex<HashMap<usize, Weak<Mutex<HashMap<RunId, ActiveRun>>>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
+
+fn active_runs_of(store: &Store) -> ActiveRuns {
+    let mut registries = ACTIVE_BY_STORE.lock().unwrap_or_else(|p| p.into_inner());
+    registries.retain(|_, weak| weak.strong_count() > 0);
+    if let Some(active) = registries.get(&store.instance_id()).and_then(Weak::upgrade) {
+        return active;
+    }
+    let active: ActiveRuns = Arc::new(Mutex::new(HashMap::new()));
+    registries.insert(store.instance_id(), Arc::downgrade(&active));
+    active
 }
 
 pub(crate) struct Shared {
@@ -59,8 +82,9 @@ pub(crate) struct Shared {
     pub(crate) models: BTreeMap<String, Arc<dyn crate::providers::ModelClient>>,
     handle: tokio::runtime::Handle,
     event_buffer: usize,
-    /// Runs driven by this runtime now (lookup only; never iterated to decide anything).
-    active: Mutex<HashMap<RunId, ActiveRun>>,
+    /// Runs driven in this process on this runtime's store.
+    active: ActiveRuns,
+    runtime_id: u64,
     closed: std::sync::atomic::AtomicBool,
     /// Expired references are swept when a run starts and this much injected-clock
     /// time has passed since the last sweep.
@@ -191,6 +215,7 @@ impl Runtime {
         };
         let spec_json = recorded.to_string();
         let now_ms = options.clock.now_ms();
+        let active = active_runs_of(&options.store);
         Ok(Runtime {
             shared: Arc::new(Shared {
                 store: options.store,
@@ -204,7 +229,8 @@ impl Runtime {
                 models,
                 handle: options.handle,
                 event_buffer: options.event_buffer.max(1),
-                active: Mutex::new(HashMap::new()),
+                active,
+                runtime_id: NEXT_RUNTIME_ID.fetch_add(1, Ordering::Relaxed),
                 closed: std::sync::atomic::AtomicBool::new(false),
                 sweep_interval_ms: AtomicI64::new(DEFAULT_SWEEP_INTERVAL_MS),
                 last_sweep_ms: AtomicI64::new(now_ms),
@@ -378,6 +404,7 @@ impl Runtime {
                     ActiveRun {
                         control: control_tx,
                         task: None,
+                        owner: shared.runtime_id,
                     },
                 );
             }
@@ -419,11 +446,14 @@ impl Runtime {
                 if let Err(e) = &result {
                     tracing::warn!(run_id = %run, error = %e, "run stopped");
                 }
-                cleanup
-                    .active
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&run);
+                let mut active = cleanup.active.lock().unwrap_or_else(|p| p.into_inner());
+                if active
+                    .get(&run)
+                    .is_some_and(|a| a.owner == cleanup.runtime_id)
+                {
+                    active.remove(&run);
+                }
+                drop(active);
                 let _ = done_tx.send(result);
             });
             let mut active = shared.active.lock().unwrap_or_else(|p| p.into_inner());
@@ -874,7 +904,11 @@ impl Runtime {
         }
         let stopped: Vec<RunId> = {
             let mut active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
-            let runs: Vec<RunId> = active.keys().copied().collect();
+            let runs: Vec<RunId> = active
+                .iter()
+                .filter(|(_, a)| a.owner == self.shared.runtime_id)
+                .map(|(run, _)| *run)
+                .collect();
             for run in &runs {
                 if let Some(entry) = active.remove(run)
                     && let Some(task) = entry.task

@@ -408,3 +408,64 @@ async fn a_stream_cancelled_before_it_starts_records_a_cancelled_run() {
         RunStatus::Cancelled
     );
 }
+
+#[tokio::test]
+async fn an_approval_reaches_the_driver_through_another_runtime_of_the_store() {
+    let store = Store::in_memory().unwrap();
+    let host = TestHost::new().handler("delete_all", |_| Ok(json!({"deleted": true})));
+    let tools = || {
+        vec![host_tool(
+            "specialist",
+            "delete_all",
+            json!({"type": "object"}),
+            json!({"kind": "always"}),
+        )]
+    };
+    let driving = build(
+        coordinator_spec(),
+        tools(),
+        host.clone(),
+        store.clone(),
+        InterpreterChoice::Scripted,
+    )
+    .unwrap();
+    let other = build(
+        coordinator_spec(),
+        tools(),
+        host.clone(),
+        store.clone(),
+        InterpreterChoice::Scripted,
+    )
+    .unwrap();
+    let mut stream = driving
+        .runtime
+        .run_specialist(
+            "specialist",
+            r#"{"tool": "delete_all", "args": {}}"#,
+            None,
+            None,
+        )
+        .unwrap();
+    let (_, approval) = until_approval(&mut stream).await;
+    // The other runtime sees the run as driven: not pending, not resumable.
+    assert!(other.runtime.pending().unwrap().is_empty());
+    assert!(other.runtime.resume(stream.run_id(), false).is_err());
+    other
+        .runtime
+        .respond_to_approval(&approval, decision("approve"))
+        .await
+        .unwrap();
+    let rest = collect(&mut stream).await;
+    assert_eq!(
+        types(&rest),
+        [
+            "approval-decision",
+            "tool-invocation:result",
+            "text",
+            "finish",
+            "tool-agent:result"
+        ]
+    );
+    assert_eq!(host.tool_call_count(), 1);
+    driving.runtime.verify(stream.run_id()).await.unwrap();
+}

@@ -437,6 +437,13 @@ impl Store {
     }
 
     /// The canonical path of the file; `None` in memory.
+    /// Identifies the open store this handle belongs to: every handle of one open store
+    /// (clones, or the same path opened twice in this process) has the same id while the
+    /// store is open.
+    pub fn instance_id(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+
     pub fn path(&self) -> Option<&Path> {
         self.inner.path.as_deref()
     }
