@@ -52,9 +52,10 @@ pub(crate) struct ActiveRun {
 /// Runs driven in this process, per open store. Every runtime on one store sees the
 /// same map, so an approval or a cancel reaches the driver whichever runtime of the
 /// tenant it comes through (lookup only; never iterated to decide anything).
-type ActiveRuns = Arc<Mutex<HashMap<RunId, ActiveRun>>>;
+type ActiveMap = Mutex<HashMap<RunId, ActiveRun>>;
+type ActiveRuns = Arc<ActiveMap>;
 
-static ACTIVE_BY_STORE: LazyLock<Mutex<HashMap<usize, Weak<Mutex<HashMap<RunId, ActiveRun>>>>>> =
+static ACTIVE_BY_STORE: LazyLock<Mutex<HashMap<usize, Weak<ActiveMap>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
