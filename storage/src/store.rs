@@ -194,18 +194,44 @@ fn io_err(path: &Path, source: std::io::Error) -> StoreError {
 
 /// Creates the file with owner-only permissions if it does not exist.
 fn create_file(path: &Path) -> Result<(), StoreError> {
+    // A crash while redb writes a new file's header would leave a file that is not a
+    // database at `path`. So the database is initialized under a temporary name and
+    // linked into place only when complete: after a crash there is either no store or a
+    // whole one (a leftover `.creating-<pid>` file is harmless and can be deleted).
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| String::from("store"));
+    let temp = path.with_file_name(format!(".{file_name}.creating-{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.read(true).write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io_err(path, e)),
+    let file = options.open(&temp).map_err(|e| io_err(path, e))?;
+    let label = path.display().to_string();
+    let initialized = redb::Builder::new()
+        .create_file(file)
+        .map_err(|e| StoreError::db(&label, e))
+        .and_then(|db| db.close().map_err(|e| StoreError::db(&label, e)));
+    let linked = initialized.and_then(|()| match std::fs::hard_link(&temp, path) {
+        // Another process created it first: theirs stands.
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_err(path, e)),
+        _ => Ok(()),
+    });
+    let _ = std::fs::remove_file(&temp);
+    linked?;
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        if let Ok(handle) = std::fs::File::open(dir) {
+            // Make the new directory entry durable too.
+            let _ = handle.sync_all();
+        }
     }
+    Ok(())
 }
 
 impl Store {
