@@ -1019,6 +1019,159 @@ mod tests {
         assert!(info.pending_approvals.is_empty());
     }
 
+    /// What a request does in the model: the store must agree request by request, however
+    /// the requests are split into batches.
+    #[derive(Clone, Debug)]
+    struct Op {
+        run: u8,
+        records: usize,
+        expected: Option<u64>,
+        pre: u8,
+        create: bool,
+        set_status: Option<u8>,
+    }
+
+    fn op_strategy() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        (
+            0u8..3,
+            0usize..3,
+            proptest::option::of(0u64..6),
+            0u8..4,
+            any::<bool>(),
+            proptest::option::of(0u8..6),
+        )
+            .prop_map(|(run, records, expected, pre, create, set_status)| Op {
+                run,
+                records,
+                expected,
+                pre,
+                create,
+                set_status,
+            })
+    }
+
+    fn status_of(i: u8) -> RunStatus {
+        RunStatus::ALL[usize::from(i) % RunStatus::ALL.len()]
+    }
+
+    fn request(op: &Op) -> AppendRequest {
+        let run = ulid::Ulid(u128::from(op.run) + 1);
+        let precondition = match op.pre {
+            0 => Precondition::None,
+            1 => Precondition::RunAbsent(run),
+            2 => Precondition::RunStatusIn(run, vec![RunStatus::Running, RunStatus::Suspended]),
+            _ => Precondition::RunStatusIn(run, vec![RunStatus::Completed]),
+        };
+        let mut req = append_to(run, op.expected, op.records, precondition);
+        if op.create {
+            req.index_updates
+                .push(IndexUpdate::CreateRun(meta(run, RunStatus::Running)));
+        }
+        if let Some(s) = op.set_status {
+            req.index_updates.push(IndexUpdate::SetRunStatus {
+                run_id: run,
+                status: status_of(s),
+                at_ms: 2,
+            });
+        }
+        req
+    }
+
+    #[derive(Default, Clone)]
+    struct Model {
+        seqs: HashMap<u8, u64>,
+        status: HashMap<u8, RunStatus>,
+    }
+
+    impl Model {
+        /// Ok(ack) or the error's discriminant name.
+        fn apply(&mut self, op: &Op) -> Result<AppendAck, &'static str> {
+            let last = self.seqs.get(&op.run).copied().unwrap_or(0);
+            let status = self.status.get(&op.run).copied();
+            match op.pre {
+                0 => {}
+                1 if status.is_some() || last > 0 => return Err("RunExists"),
+                1 => {}
+                2 if !matches!(status, Some(RunStatus::Running | RunStatus::Suspended)) => {
+                    return Err("PreconditionFailed");
+                }
+                2 => {}
+                _ if status != Some(RunStatus::Completed) => return Err("PreconditionFailed"),
+                _ => {}
+            }
+            if let Some(expected) = op.expected
+                && expected != last + 1
+            {
+                return Err("SeqConflict");
+            }
+            if op.create && status.is_some() {
+                return Err("RunExists");
+            }
+            if op.set_status.is_some() && status.is_none() && !op.create {
+                return Err("PreconditionFailed");
+            }
+            if op.create {
+                self.status.insert(op.run, RunStatus::Running);
+            }
+            if let Some(s) = op.set_status {
+                self.status.insert(op.run, status_of(s));
+            }
+            if op.records == 0 {
+                return Ok(AppendAck::default());
+            }
+            self.seqs.insert(op.run, last + op.records as u64);
+            Ok(AppendAck {
+                first_seq: last + 1,
+                last_seq: last + op.records as u64,
+            })
+        }
+    }
+
+    fn kind_name(e: &StoreError) -> &'static str {
+        match e {
+            StoreError::RunExists { .. } => "RunExists",
+            StoreError::SeqConflict { .. } => "SeqConflict",
+            StoreError::PreconditionFailed { .. } => "PreconditionFailed",
+            _ => "other",
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn batches_agree_with_a_sequential_model(
+            ops in proptest::collection::vec(op_strategy(), 1..40),
+            cuts in proptest::collection::vec(0usize..40, 0..6),
+        ) {
+            let store = Store::in_memory().unwrap();
+            let mut model = Model::default();
+            let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c % ops.len()).collect();
+            bounds.push(0);
+            bounds.push(ops.len());
+            bounds.sort_unstable();
+            bounds.dedup();
+            for w in bounds.windows(2) {
+                let chunk = &ops[w[0]..w[1]];
+                let got = one_batch(&store, chunk.iter().map(request).collect());
+                for (op, got) in chunk.iter().zip(got) {
+                    let want = model.apply(op);
+                    let got = got.map_err(|e| kind_name(&e));
+                    proptest::prop_assert_eq!(got, want, "{:?}", op);
+                }
+            }
+            for run in 0u8..3 {
+                let id = ulid::Ulid(u128::from(run) + 1);
+                let last = model.seqs.get(&run).copied().unwrap_or(0);
+                proptest::prop_assert_eq!(store.last_seq(id).unwrap(), last);
+                let seqs: Vec<u64> = store.records(id, 1).unwrap().iter().map(|r| r.seq).collect();
+                proptest::prop_assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
+                let status = store.run(id).unwrap().map(|i| i.meta.status);
+                proptest::prop_assert_eq!(status, model.status.get(&run).copied());
+            }
+        }
+    }
+
     #[test]
     fn a_batch_with_gc_and_appends_commits_once() {
         let store = Store::in_memory().unwrap();
