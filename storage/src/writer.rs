@@ -90,9 +90,12 @@ fn run(db: &redb::Database, rx: &Receiver<Msg>, label: &str, eventual: bool) {
                 match rx.recv_timeout(wait) {
                     Ok(msg) => msg,
                     Err(RecvTimeoutError::Timeout) => {
-                        if sync(db, label) {
-                            unsynced_since = None;
-                        }
+                        // On failure, try again one period later rather than spin.
+                        unsynced_since = if sync(db, label) {
+                            None
+                        } else {
+                            Some(Instant::now())
+                        };
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
