@@ -63,7 +63,7 @@ mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StoreError;
-pub use record::{Record, RecordKind, RecordView, StoredRecord};
+pub use record::{DecodeError, Record, RecordKind, RecordView, StoredRecord, decode_record};
 pub use reference::reference_id;
 pub use store::{Durability, Store, StoreOptions};
 pub use types::{

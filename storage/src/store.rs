@@ -757,7 +757,6 @@ impl Store {
     }
 
     #[cfg(test)]
-    #[allow(dead_code)]
     pub(crate) fn raw_db(&self) -> Option<Arc<redb::Database>> {
         let db = self
             .inner
