@@ -392,6 +392,31 @@ fn paired(_: &mut Criterion) {
         o.as_secs_f64() / b.as_secs_f64()
     ));
 
+    // In memory (no fsync): what the writer hand-off and our bookkeeping cost by themselves.
+    let mem_db = redb::Builder::new()
+        .create_with_backend(redb::backends::InMemoryBackend::new())
+        .unwrap();
+    let mem_store = Store::in_memory().unwrap();
+    let (mut bare_mem, mut ours_mem) = (Vec::new(), Vec::new());
+    for key in 0..5_000u64 {
+        let t = Instant::now();
+        let txn = mem_db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(BARE).unwrap();
+            table.insert(key, value.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        bare_mem.push(t.elapsed());
+        let t = Instant::now();
+        mem_store.append_blocking(one(run, 1024)).unwrap();
+        ours_mem.push(t.elapsed());
+    }
+    let (b, o) = (median(bare_mem), median(ours_mem));
+    report.push_str(&format!(
+        "paired in-memory one-writer 1 KB: bare redb commit median {b:?}, store append median {o:?}, difference {:?}\n",
+        o.saturating_sub(b)
+    ));
+
     // Throughput: bare redb 64 records per commit vs 64 tasks appending one record each.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
@@ -69,6 +70,8 @@ struct Inner {
     /// `None` once closing began (and always for read-only stores): appends get `Closed`.
     sender: RwLock<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Duration of the writer's last commit, in microseconds.
+    commit_micros: Arc<AtomicU64>,
 }
 
 impl Inner {
@@ -122,6 +125,8 @@ impl Drop for Inner {
         }
     }
 }
+
+const SPIN_MICROS: u64 = writer::SPIN.as_micros() as u64;
 
 /// Stores open in this process, by canonical path. Weak: the registry never keeps one open.
 static REGISTRY: LazyLock<Mutex<HashMap<PathBuf, Weak<Inner>>>> =
@@ -349,6 +354,7 @@ impl Store {
             db: RwLock::new(Some(Arc::new(db))),
             sender: RwLock::new(None),
             writer: Mutex::new(None),
+            commit_micros: Arc::new(AtomicU64::new(u64::MAX)),
         });
         registry.insert(canonical, Arc::downgrade(&inner));
         Ok(Store {
@@ -415,11 +421,13 @@ impl Store {
 
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
+        let commit_micros = Arc::new(AtomicU64::new(u64::MAX));
         let handle = writer::spawn(
             db.clone(),
             rx,
             label.clone(),
             durability == Durability::Eventual,
+            commit_micros.clone(),
         )
         .map_err(|e| StoreError::Io {
             path: label.clone(),
@@ -433,6 +441,7 @@ impl Store {
             db: RwLock::new(Some(Arc::new(Db::Rw(db)))),
             sender: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
+            commit_micros,
         }))
     }
 
@@ -497,7 +506,14 @@ impl Store {
     pub fn append_blocking(&self, req: AppendRequest) -> Result<AppendAck, StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Msg::Append(Box::new(req), Reply::Blocking(tx)))?;
-        rx.recv().map_err(|_| self.writer_gone())?
+        // Polling pays off only when commits are about as short as the poll (in memory,
+        // `eventual`); waiting on an fsync, sleep at once and leave the CPU to the writer.
+        let spin = if self.inner.commit_micros.load(Ordering::Relaxed) <= 2 * SPIN_MICROS {
+            writer::SPIN
+        } else {
+            Duration::ZERO
+        };
+        writer::recv_spinning(&rx, spin).ok_or_else(|| self.writer_gone())?
     }
 
     /// Deletes the references expired at `now_ms`; returns how many.
