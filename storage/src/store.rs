@@ -945,6 +945,49 @@ mod tests {
         assert_eq!(store.gc_references_blocking(0).unwrap(), 0);
     }
 
+    /// A minimal executor that is not tokio: appends must resolve on it too.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Arc::new(Unpark(std::thread::current())).into();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::park();
+        }
+    }
+
+    #[test]
+    fn append_resolves_without_any_tokio_runtime() {
+        let store = Store::in_memory().unwrap();
+        let run = ulid::Ulid(9);
+        for i in 1..=20u64 {
+            let ack = block_on(store.append(AppendRequest {
+                run: Some(crate::RunAppend {
+                    run_id: run,
+                    expected_first_seq: Some(i),
+                    records: vec![crate::Record {
+                        kind: crate::RecordKind::StreamEmitted,
+                        version: 1,
+                        at_ms: 0,
+                        payload: "{}".into(),
+                    }],
+                }),
+                ..Default::default()
+            }))
+            .unwrap();
+            assert_eq!(ack.last_seq, i);
+        }
+        assert_eq!(block_on(store.gc_references(0)).unwrap(), 0);
+    }
+
     #[test]
     fn append_resolves_on_a_current_thread_runtime() {
         let store = Store::in_memory().unwrap();
