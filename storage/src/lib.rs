@@ -54,6 +54,7 @@
 mod clock;
 mod error;
 mod keys;
+mod read;
 mod record;
 mod reference;
 mod store;

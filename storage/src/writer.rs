@@ -407,7 +407,7 @@ impl<'t> Writes<'t> {
         }
         let label = self.label;
         let journal = self.journal()?;
-        let seq = crate::store::last_seq_in(journal, run).map_err(|e| StoreError::db(label, e))?;
+        let seq = crate::read::last_seq_in(journal, run).map_err(|e| StoreError::db(label, e))?;
         self.last_seqs.insert(run, seq);
         Ok(seq)
     }
