@@ -55,6 +55,7 @@ mod clock;
 mod error;
 mod keys;
 pub mod payloads;
+mod read;
 mod record;
 mod reference;
 mod store;
@@ -64,7 +65,7 @@ mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StoreError;
-pub use record::{Record, RecordKind, RecordView, StoredRecord};
+pub use record::{DecodeError, Record, RecordKind, RecordView, StoredRecord, decode_record};
 pub use reference::reference_id;
 pub use store::{Durability, Store, StoreOptions};
 pub use types::{

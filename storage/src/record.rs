@@ -174,6 +174,19 @@ pub(crate) fn encode(record: Record) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A journal value that is not a valid record envelope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(String);
+
+/// Validates the bytes of one stored journal value and views the record in place.
+///
+/// The store does this on every read; it is public for tools and the decoding fuzz target.
+/// Any input gives a view or an error, never a panic.
+pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, DecodeError> {
+    decode(bytes).map_err(DecodeError)
+}
+
 /// Validates and views an encoded record. Any byte string gives a view or an error, never a
 /// panic: rkyv's bytecheck verifies offsets, lengths and UTF-8 before anything is read.
 pub(crate) fn decode(bytes: &[u8]) -> Result<RecordView<'_>, String> {
@@ -219,6 +232,8 @@ mod tests {
         .unwrap();
         let err = decode(&bytes).unwrap_err();
         assert!(err.contains("unknown record kind tag 999"), "{err}");
+        let err = decode_record(&bytes).unwrap_err();
+        assert_eq!(err.to_string(), "unknown record kind tag 999");
     }
 
     /// The envelope layout is part of the file format (FORMAT.md): a change here is a new

@@ -1,29 +1,21 @@
-//! The store handle: opening (registry, locks, recovery), closing, and the read API.
+//! The store handle: opening (registry, locks, recovery), closing, and the write entry points.
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
+use crate::StoreError;
 use crate::clock::{Clock, SystemClock};
-use crate::keys::{
-    self, JOURNAL_KEY_LEN, KeyBuf, approval_of_run_key, journal_key, memory_prefix, plan_key,
-    prefix_end, reference_key, run_key, split_journal_key, status_key,
-};
-use crate::record::{self, RecordView, StoredRecord};
-use crate::tables::{self, ApprovalRowJson, PlanRowJson, ReferenceRowJson, RunRow};
-use crate::types::{
-    AppendAck, AppendRequest, ApprovalRow, ApprovalStatus, PlanRow, ReferenceEntry, RunFilter,
-    RunId, RunInfo,
-};
+use crate::tables::{self, FORMAT_VERSION};
+use crate::types::{AppendAck, AppendRequest};
 use crate::writer::{self, Msg, Reply};
-use crate::{StoreError, tables::FORMAT_VERSION};
 
 /// How commits reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -69,6 +61,8 @@ struct Inner {
     /// `None` once closing began (and always for read-only stores): appends get `Closed`.
     sender: RwLock<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Duration of the writer's last commit, in microseconds.
+    commit_micros: Arc<AtomicU64>,
 }
 
 impl Inner {
@@ -123,6 +117,8 @@ impl Drop for Inner {
     }
 }
 
+const SPIN_MICROS: u64 = writer::SPIN.as_micros() as u64;
+
 /// Stores open in this process, by canonical path. Weak: the registry never keeps one open.
 static REGISTRY: LazyLock<Mutex<HashMap<PathBuf, Weak<Inner>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
@@ -154,34 +150,6 @@ pub(crate) trait DbResult<T> {
 impl<T, E: Into<redb::Error>> DbResult<T> for Result<T, E> {
     fn db(self, label: &str) -> Result<T, StoreError> {
         self.map_err(|e| StoreError::db(label, e))
-    }
-}
-
-pub(crate) fn last_seq_in(
-    journal: &impl ReadableTable<&'static [u8; JOURNAL_KEY_LEN], &'static [u8]>,
-    run: RunId,
-) -> Result<u64, redb::StorageError> {
-    let lo = journal_key(run, 0);
-    let hi = journal_key(run, u64::MAX);
-    match journal
-        .range::<&[u8; JOURNAL_KEY_LEN]>(&lo..=&hi)?
-        .next_back()
-    {
-        Some(entry) => {
-            let (key, _) = entry?;
-            Ok(split_journal_key(key.value()).1)
-        }
-        None => Ok(0),
-    }
-}
-
-fn prefix_range<'t, V: redb::Value + 'static>(
-    table: &'t impl ReadableTable<&'static [u8], V>,
-    prefix: &[u8],
-) -> Result<redb::Range<'t, &'static [u8], V>, redb::StorageError> {
-    match prefix_end(prefix) {
-        Some(end) => table.range(prefix..end.as_slice()),
-        None => table.range(prefix..),
     }
 }
 
@@ -375,6 +343,7 @@ impl Store {
             db: RwLock::new(Some(Arc::new(db))),
             sender: RwLock::new(None),
             writer: Mutex::new(None),
+            commit_micros: Arc::new(AtomicU64::new(u64::MAX)),
         });
         registry.insert(canonical, Arc::downgrade(&inner));
         Ok(Store {
@@ -441,11 +410,13 @@ impl Store {
 
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
+        let commit_micros = Arc::new(AtomicU64::new(u64::MAX));
         let handle = writer::spawn(
             db.clone(),
             rx,
             label.clone(),
             durability == Durability::Eventual,
+            commit_micros.clone(),
         )
         .map_err(|e| StoreError::Io {
             path: label.clone(),
@@ -459,6 +430,7 @@ impl Store {
             db: RwLock::new(Some(Arc::new(Db::Rw(db)))),
             sender: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
+            commit_micros,
         }))
     }
 
@@ -523,6 +495,31 @@ impl Store {
     pub async fn append(&self, req: AppendRequest) -> Result<AppendAck, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.send(Msg::Append(Box::new(req), Reply::Async(tx)))?;
+        self.await_reply(rx).await
+    }
+
+    /// Whether the last commit was short enough for polling to beat sleeping.
+    fn commits_are_short(&self) -> bool {
+        self.inner.commit_micros.load(Ordering::Relaxed) <= 2 * SPIN_MICROS
+    }
+
+    async fn await_reply<T>(
+        &self,
+        mut rx: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        // When commits are short (in memory, `eventual`), poll for a moment, yielding to the
+        // other tasks between polls, so this worker thread does not go to sleep only to be
+        // woken microseconds later (which costs more than the commit on a VM).
+        if self.commits_are_short() {
+            let start = Instant::now();
+            while start.elapsed() < writer::SPIN {
+                match rx.try_recv() {
+                    Ok(result) => return result,
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(self.writer_gone()),
+                    Err(oneshot::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+                }
+            }
+        }
         rx.await.map_err(|_| self.writer_gone())?
     }
 
@@ -530,14 +527,21 @@ impl Store {
     pub fn append_blocking(&self, req: AppendRequest) -> Result<AppendAck, StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Msg::Append(Box::new(req), Reply::Blocking(tx)))?;
-        rx.recv().map_err(|_| self.writer_gone())?
+        // Polling pays off only when commits are about as short as the poll (in memory,
+        // `eventual`); waiting on an fsync, sleep at once and leave the CPU to the writer.
+        let spin = if self.commits_are_short() {
+            writer::SPIN
+        } else {
+            Duration::ZERO
+        };
+        writer::recv_spinning(&rx, spin).ok_or_else(|| self.writer_gone())?
     }
 
     /// Deletes the references expired at `now_ms`; returns how many.
     pub async fn gc_references(&self, now_ms: i64) -> Result<usize, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.send(Msg::Gc(now_ms, Reply::Async(tx)))?;
-        rx.await.map_err(|_| self.writer_gone())?
+        self.await_reply(rx).await
     }
 
     /// [`gc_references`](Self::gc_references) for callers outside async code.
@@ -547,11 +551,11 @@ impl Store {
         rx.recv().map_err(|_| self.writer_gone())?
     }
 
-    fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         &self.inner.label
     }
 
-    fn read_txn(&self) -> Result<ReadTransaction, StoreError> {
+    pub(crate) fn read_txn(&self) -> Result<ReadTransaction, StoreError> {
         let db = self
             .inner
             .db
@@ -564,233 +568,7 @@ impl Store {
         }
     }
 
-    /// The records of `run` with `seq >= from_seq`, in seq order.
-    pub fn records(&self, run: RunId, from_seq: u64) -> Result<Vec<StoredRecord>, StoreError> {
-        let mut out = Vec::new();
-        self.scan_records(run, from_seq, &mut |seq, view| {
-            out.push(StoredRecord {
-                seq,
-                record: view.to_record(),
-            });
-            ControlFlow::Continue(())
-        })?;
-        Ok(out)
-    }
-
-    /// Calls `f` with each record of `run` from `from_seq` on, viewed in place (no copy),
-    /// until it breaks. A record that does not decode stops the scan with
-    /// [`StoreError::Corrupt`] naming its run and seq.
-    pub fn scan_records(
-        &self,
-        run: RunId,
-        from_seq: u64,
-        f: &mut dyn FnMut(u64, RecordView<'_>) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        let label = self.label();
-        let txn = self.read_txn()?;
-        let journal = txn.open_table(tables::JOURNAL).db(label)?;
-        let lo = journal_key(run, from_seq.max(1));
-        let hi = journal_key(run, u64::MAX);
-        for entry in journal
-            .range::<&[u8; JOURNAL_KEY_LEN]>(&lo..=&hi)
-            .db(label)?
-        {
-            let (key, value) = entry.db(label)?;
-            let (_, seq) = split_journal_key(key.value());
-            let view = record::decode(value.value()).map_err(|e| {
-                StoreError::corrupt(label, format!("journal record seq {seq} of run {run}"), e)
-            })?;
-            if f(seq, view).is_break() {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// The last seq of `run` (= its number of records); 0 when it has none.
-    pub fn last_seq(&self, run: RunId) -> Result<u64, StoreError> {
-        let txn = self.read_txn()?;
-        let journal = txn.open_table(tables::JOURNAL).db(self.label())?;
-        last_seq_in(&journal, run).db(self.label())
-    }
-
-    /// The run's row with its record count and pending approvals.
-    pub fn run(&self, run: RunId) -> Result<Option<RunInfo>, StoreError> {
-        let txn = self.read_txn()?;
-        let reader = RunReader::new(&txn, self.label())?;
-        match reader.row(run)? {
-            None => Ok(None),
-            Some(row) => reader.info(run, row).map(Some),
-        }
-    }
-
-    /// Runs matching `filter`, newest first (ULID order, descending), at most `filter.limit`
-    /// (0 = all). Uses the tenant, thread or status index rather than reading every run.
-    pub fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunInfo>, StoreError> {
-        let label = self.label();
-        let txn = self.read_txn()?;
-        let reader = RunReader::new(&txn, label)?;
-        let limit = if filter.limit == 0 {
-            usize::MAX
-        } else {
-            filter.limit
-        };
-        let mut out = Vec::new();
-        let mut visit = |run: RunId| -> Result<bool, StoreError> {
-            if let Some(row) = reader.row(run)?
-                && filter.tenant.as_ref().is_none_or(|t| *t == row.tenant)
-                && filter.thread.as_ref().is_none_or(|t| *t == row.thread)
-                && filter.status.is_none_or(|s| s == row.status)
-            {
-                out.push(reader.info(run, row)?);
-            }
-            Ok(out.len() < limit)
-        };
-        let run_at_end = |key: &[u8]| {
-            key.len()
-                .checked_sub(16)
-                .and_then(|start| keys::run_from_key(&key[start..]))
-        };
-        match (&filter.tenant, &filter.thread, filter.status) {
-            (Some(tenant), thread, _) => {
-                let (table, prefix) = match thread {
-                    Some(thread) => (
-                        tables::RUNS_BY_THREAD,
-                        KeyBuf::new().str(tenant).str(thread).into_vec(),
-                    ),
-                    None => (tables::RUNS_BY_TENANT, KeyBuf::new().str(tenant).into_vec()),
-                };
-                let index = txn.open_table(table).db(label)?;
-                for entry in prefix_range(&index, &prefix).db(label)?.rev() {
-                    let (key, _) = entry.db(label)?;
-                    if let Some(run) = run_at_end(key.value())
-                        && !visit(run)?
-                    {
-                        break;
-                    }
-                }
-            }
-            (None, _, Some(status)) => {
-                let index = txn.open_table(tables::RUNS_BY_STATUS).db(label)?;
-                let lo = status_key(status.tag(), ulid::Ulid(0));
-                let hi = status_key(status.tag(), ulid::Ulid(u128::MAX));
-                for entry in index
-                    .range::<&[u8; keys::STATUS_KEY_LEN]>(&lo..=&hi)
-                    .db(label)?
-                    .rev()
-                {
-                    let (key, _) = entry.db(label)?;
-                    if let Some(run) = keys::run_from_key(&key.value()[1..])
-                        && !visit(run)?
-                    {
-                        break;
-                    }
-                }
-            }
-            (None, _, None) => {
-                let runs = txn.open_table(tables::RUNS).db(label)?;
-                for entry in runs.iter().db(label)?.rev() {
-                    let (key, _) = entry.db(label)?;
-                    if let Some(run) = keys::run_from_key(key.value())
-                        && !visit(run)?
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn approval(&self, id: &str) -> Result<Option<ApprovalRow>, StoreError> {
-        let txn = self.read_txn()?;
-        let reader = RunReader::new(&txn, self.label())?;
-        reader.approval(id)
-    }
-
-    /// Every approval of `run`, in id order.
-    pub fn approvals_of_run(&self, run: RunId) -> Result<Vec<ApprovalRow>, StoreError> {
-        let txn = self.read_txn()?;
-        let reader = RunReader::new(&txn, self.label())?;
-        reader.approvals_of(run)
-    }
-
-    /// The latest row of a tenant's plan.
-    pub fn plan(&self, tenant: &str, plan_id: &str) -> Result<Option<PlanRow>, StoreError> {
-        let label = self.label();
-        let txn = self.read_txn()?;
-        let plans = txn.open_table(tables::PLANS).db(label)?;
-        match plans.get(plan_key(tenant, plan_id).as_slice()).db(label)? {
-            None => Ok(None),
-            Some(g) => tables::from_json::<PlanRowJson>(g.value())
-                .and_then(PlanRowJson::into_row)
-                .map(Some)
-                .map_err(|e| {
-                    StoreError::corrupt(
-                        label,
-                        format!("plans row {plan_id:?} of tenant {tenant:?}"),
-                        e,
-                    )
-                }),
-        }
-    }
-
-    /// The spec JSON recorded under `hash`.
-    pub fn spec(&self, hash: &str) -> Result<Option<String>, StoreError> {
-        let label = self.label();
-        let txn = self.read_txn()?;
-        let specs = txn.open_table(tables::SPECS).db(label)?;
-        Ok(specs.get(hash).db(label)?.map(|g| g.value().to_owned()))
-    }
-
-    /// The thread memory of an agent: entry JSON texts in append order.
-    pub fn memory(
-        &self,
-        tenant: &str,
-        thread: &str,
-        agent: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        let label = self.label();
-        let txn = self.read_txn()?;
-        let memory = txn.open_table(tables::MEMORY).db(label)?;
-        let prefix = memory_prefix(tenant, thread, agent);
-        let mut out = Vec::new();
-        for entry in prefix_range(&memory, &prefix).db(label)? {
-            let (key, value) = entry.db(label)?;
-            // Only keys of exactly this (tenant, thread, agent): prefix + 8-byte index.
-            if key.value().len() == prefix.len() + 8 {
-                out.push(value.value().to_owned());
-            }
-        }
-        Ok(out)
-    }
-
-    /// A reference of `tenant`, or `None` if it is missing, expired at `now_ms`, or another
-    /// tenant's (the three are indistinguishable).
-    pub fn reference(
-        &self,
-        tenant: &str,
-        kind: &str,
-        id: &str,
-        now_ms: i64,
-    ) -> Result<Option<ReferenceEntry>, StoreError> {
-        let label = self.label();
-        let txn = self.read_txn()?;
-        let refs = txn.open_table(tables::REFERENCES).db(label)?;
-        let Some(g) = refs
-            .get(reference_key(tenant, kind, id).as_slice())
-            .db(label)?
-        else {
-            return Ok(None);
-        };
-        let entry = tables::from_json::<ReferenceRowJson>(g.value())
-            .map_err(|e| StoreError::corrupt(label, format!("references row {kind}/{id}"), e))?
-            .into_entry();
-        Ok((!entry.is_expired(now_ms)).then_some(entry))
-    }
-
     #[cfg(test)]
-    #[allow(dead_code)]
     pub(crate) fn raw_db(&self) -> Option<Arc<redb::Database>> {
         let db = self
             .inner
@@ -837,83 +615,6 @@ fn check_format(db: &Db, label: &str) -> Result<(), StoreError> {
     }
 }
 
-/// The tables a run lookup reads, opened once per read transaction.
-struct RunReader<'a> {
-    label: &'a str,
-    runs: redb::ReadOnlyTable<&'static [u8; 16], &'static [u8]>,
-    journal: redb::ReadOnlyTable<&'static [u8; JOURNAL_KEY_LEN], &'static [u8]>,
-    approvals: redb::ReadOnlyTable<&'static str, &'static [u8]>,
-    approvals_by_run: redb::ReadOnlyTable<&'static [u8], ()>,
-}
-
-impl<'a> RunReader<'a> {
-    fn new(txn: &ReadTransaction, label: &'a str) -> Result<Self, StoreError> {
-        Ok(RunReader {
-            label,
-            runs: txn.open_table(tables::RUNS).db(label)?,
-            journal: txn.open_table(tables::JOURNAL).db(label)?,
-            approvals: txn.open_table(tables::APPROVALS).db(label)?,
-            approvals_by_run: txn.open_table(tables::APPROVALS_BY_RUN).db(label)?,
-        })
-    }
-
-    fn row(&self, run: RunId) -> Result<Option<RunRow>, StoreError> {
-        match self.runs.get(&run_key(run)).db(self.label)? {
-            None => Ok(None),
-            Some(g) => tables::from_json::<RunRow>(g.value())
-                .map(Some)
-                .map_err(|e| StoreError::corrupt(self.label, format!("runs row of run {run}"), e)),
-        }
-    }
-
-    fn info(&self, run: RunId, row: RunRow) -> Result<RunInfo, StoreError> {
-        let meta = row
-            .into_meta(run)
-            .map_err(|e| StoreError::corrupt(self.label, format!("runs row of run {run}"), e))?;
-        let records = last_seq_in(&self.journal, run).db(self.label)?;
-        let pending_approvals = self
-            .approvals_of(run)?
-            .into_iter()
-            .filter(|a| a.status == ApprovalStatus::Pending)
-            .map(|a| a.id)
-            .collect();
-        Ok(RunInfo {
-            meta,
-            records,
-            pending_approvals,
-        })
-    }
-
-    fn approval(&self, id: &str) -> Result<Option<ApprovalRow>, StoreError> {
-        match self.approvals.get(id).db(self.label)? {
-            None => Ok(None),
-            Some(g) => tables::from_json::<ApprovalRowJson>(g.value())
-                .and_then(|row| row.into_row(id))
-                .map(Some)
-                .map_err(|e| StoreError::corrupt(self.label, format!("approvals row {id:?}"), e)),
-        }
-    }
-
-    fn approvals_of(&self, run: RunId) -> Result<Vec<ApprovalRow>, StoreError> {
-        let prefix = approval_of_run_key(run, "");
-        let mut out = Vec::new();
-        for entry in prefix_range(&self.approvals_by_run, &prefix).db(self.label)? {
-            let (key, _) = entry.db(self.label)?;
-            let id_bytes = &key.value()[prefix.len()..];
-            let id = std::str::from_utf8(id_bytes).map_err(|e| {
-                StoreError::corrupt(self.label, format!("approvals_by_run key of run {run}"), e)
-            })?;
-            // The row may have moved to another run (PutApproval replaced it): trust the row.
-            if let Some(row) = self.approval(id)?
-                && row.run_id == run
-            {
-                out.push(row);
-            }
-        }
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -936,6 +637,49 @@ mod tests {
             AppendAck::default()
         );
         assert_eq!(store.gc_references_blocking(0).unwrap(), 0);
+    }
+
+    /// A minimal executor that is not tokio: appends must resolve on it too.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Arc::new(Unpark(std::thread::current())).into();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::park();
+        }
+    }
+
+    #[test]
+    fn append_resolves_without_any_tokio_runtime() {
+        let store = Store::in_memory().unwrap();
+        let run = ulid::Ulid(9);
+        for i in 1..=20u64 {
+            let ack = block_on(store.append(AppendRequest {
+                run: Some(crate::RunAppend {
+                    run_id: run,
+                    expected_first_seq: Some(i),
+                    records: vec![crate::Record {
+                        kind: crate::RecordKind::StreamEmitted,
+                        version: 1,
+                        at_ms: 0,
+                        payload: "{}".into(),
+                    }],
+                }),
+                ..Default::default()
+            }))
+            .unwrap();
+            assert_eq!(ack.last_seq, i);
+        }
+        assert_eq!(block_on(store.gc_references(0)).unwrap(), 0);
     }
 
     #[test]

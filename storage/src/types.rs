@@ -9,8 +9,8 @@ use crate::record::Record;
 /// A run's id: a ULID, unique in the store. Its time part orders runs newest-first.
 pub type RunId = ulid::Ulid;
 
-/// Lifecycle state of a run (DESIGN §5). The byte values of [`RunStatus::tag`] are part of
-/// the file format (status index keys).
+/// Lifecycle state of a run (DESIGN §5). Each status also has a byte in the status index,
+/// which is part of the file format (FORMAT.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {

@@ -595,6 +595,21 @@ fn file_is_owner_only_and_registry_returns_the_same_store() {
     assert_eq!(d.last_seq(run).unwrap(), 2);
 }
 
+#[test]
+fn a_writer_open_beside_a_read_only_handle_of_this_process_is_locked() {
+    let dir = tmp();
+    let path = dir.path().join("ro-first.redb");
+    drop(Store::open(&path, StoreOptions::default()).unwrap());
+    let ro = Store::open_read_only(&path).unwrap();
+    let err = Store::open(&path, StoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Locked { hint, .. } if hint.contains("open read-only")),
+        "{err:?}"
+    );
+    drop(ro);
+    Store::open(&path, StoreOptions::default()).unwrap();
+}
+
 #[tokio::test]
 async fn closed_store_gives_closed_everywhere() {
     let store = Store::in_memory().unwrap();
