@@ -518,11 +518,11 @@ fn journal_attempts(out: &Outcome) -> BTreeMap<String, (Vec<u32>, bool)> {
             let next = journal[i + 1..]
                 .iter()
                 .find(|n| n.kind != "ReferenceCreated");
-            let closed = match (e.kind, next.map(|n| n.kind)) {
-                ("AttemptStarted", Some("ToolCallCompleted")) => true,
-                ("DispatchStarted", Some("ActionsDispatched")) => true,
-                _ => false,
-            };
+            let closed = matches!(
+                (e.kind, next.map(|n| n.kind)),
+                ("AttemptStarted", Some("ToolCallCompleted"))
+                    | ("DispatchStarted", Some("ActionsDispatched"))
+            );
             let slot = keys.entry(key).or_default();
             slot.0.push(attempt);
             slot.1 = closed;

@@ -248,3 +248,50 @@ fn locked_store_needs_shared_reads() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Verify never calls a provider, so a run recorded under a live interpreter verifies
+/// without its API key (the recorded spec names only `apiKeyEnv`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_of_a_live_interpreter_run_needs_no_api_key() {
+    use std::sync::Arc;
+    type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let mut wire = specialist_setup().spec;
+    wire["providers"] = json!({"anthropic": {"apiKeyEnv": "FLOWAI_TEST_KEY_THAT_IS_NOT_SET"}});
+    let options = |env: Env, store: Store| flowai_runtime::RuntimeOptions {
+        spec: serde_json::from_value(wire.clone()).unwrap(),
+        host_tools: vec![],
+        predicates: Default::default(),
+        interpreter: flowai_runtime::InterpreterChoice::Anthropic,
+        store,
+        host: Arc::new(flowai_runtime::NoHost),
+        clock: Arc::new(flowai_storage::ManualClock::new(START_MS)),
+        ids: Arc::new(flowai_runtime::SequentialIds::new(START_MS as u64)),
+        handle: tokio::runtime::Handle::current(),
+        env,
+        event_buffer: 16,
+    };
+    let without_key = flowai_runtime::Runtime::new(options(Arc::new(|_| None), store.clone()));
+    assert!(without_key.is_err(), "a live runtime needs its key");
+    let rt = flowai_runtime::Runtime::new(options(
+        Arc::new(|_| Some(String::from("sk-live-secret"))),
+        store.clone(),
+    ))
+    .unwrap();
+    // Fails before any model call: no provider is contacted here either.
+    let mut stream = rt
+        .run_specialist("ghost", "hello", Some("t"), None)
+        .unwrap();
+    collect(&mut stream).await;
+    let spec_json = rt.recorded_spec_json().to_owned();
+    assert!(!spec_json.contains("sk-live-secret"));
+    rt.close().unwrap();
+    store.close().unwrap();
+
+    let (code, out, err) = flowai(&["verify", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verified 1 runs: 1 ok"), "{out}");
+}
