@@ -194,6 +194,15 @@ impl RunJournal {
                 DriveMode::Live | DriveMode::Resume => Ok(None),
             };
         };
+        if front.record.kind == RecordKind::RunCancelled
+            && P::KIND != RecordKind::RunCancelled
+            && self.mode == DriveMode::Verify
+            && host_originated(front.record.kind, &front.record.payload)
+        {
+            // Cancelled from outside while no runtime drove the run: its journal ends
+            // here, wherever the driver stands, and there is nothing left to compare.
+            return Err(EngineError::JournalEnd);
+        }
         if front.record.kind != P::KIND {
             return Err(EngineError::NonDeterminism {
                 run: self.run_id.to_string(),
