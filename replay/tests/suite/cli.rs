@@ -295,3 +295,40 @@ async fn verify_of_a_live_interpreter_run_needs_no_api_key() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("verified 1 runs: 1 ok"), "{out}");
 }
+
+/// A run cancelled while it waited at an approval (decision and RunCancelled written by
+/// the host, not the driver) is finished, so `flowai verify` checks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_of_a_run_cancelled_at_a_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cancel.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let mut setup = specialist_setup();
+    setup.tools.push(host_tool(
+        "specialist",
+        "publish",
+        json!({"type": "object"}),
+        json!({"kind": "always"}),
+    ));
+    let built = setup.build(search_host(), store.clone());
+    let prompt = json!({"tool": "publish", "args": {}}).to_string();
+    let mut stream = built
+        .runtime
+        .run_specialist("specialist", &prompt, Some("t"), None)
+        .unwrap();
+    until_approval(&mut stream).await;
+    let run = stream.run_id().to_owned();
+    drop(stream);
+    built.runtime.close().unwrap();
+    let again = setup.build(search_host(), store.clone());
+    again.runtime.cancel(&run).await.unwrap();
+    assert_eq!(
+        again.runtime.run(&run).unwrap().meta.status,
+        flowai_storage::RunStatus::Cancelled
+    );
+    again.runtime.close().unwrap();
+    store.close().unwrap();
+    let (code, out, err) = flowai(&["verify", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verified 1 runs: 1 ok"), "{out}");
+}
