@@ -668,6 +668,7 @@ fn parent() {
         );
     }
     verify_all(&reference_dir);
+    show_all(&reference_dir);
 
     let mut rng = Rng(seed);
     let mut kills = 0u64;
@@ -709,6 +710,7 @@ fn parent() {
         }
         let found = compare(&dir, &reference, &delivered, &mut redelivered);
         verify_all(&dir);
+        show_all(&dir);
         let out = outcome(&dir);
         repeated_effects += out.side.values().map(|a| a.len() - 1).sum::<usize>();
         for problem in found {
@@ -751,6 +753,43 @@ fn verify_all(dir: &Path) {
         "{}",
         String::from_utf8_lossy(&out)
     );
+}
+
+/// `flowai show --json` of every flow: completed, both approvals approved, the plan
+/// executed, every tool call closed.
+fn show_all(dir: &Path) {
+    let path = dir.join("store.redb");
+    for flow in 0..FLOWS {
+        let run = run_id(flow).to_string();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = flowai_replay::run_with_io(
+            [
+                "flowai".as_ref(),
+                "show".as_ref(),
+                path.as_os_str(),
+                run.as_ref(),
+                "--json".as_ref(),
+            ],
+            &mut out,
+            &mut err,
+        );
+        assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+        let shown: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(shown["status"], "completed");
+        assert_eq!(
+            shown["plans"],
+            json!([{"planId": format!("plan-{flow}"), "status": "executed", "version": 1}])
+        );
+        let approvals = shown["approvals"].as_array().unwrap();
+        assert_eq!(approvals.len(), 2, "{shown}");
+        assert!(
+            approvals.iter().all(|a| a["outcome"] == "approve"),
+            "{shown}"
+        );
+        let calls = shown["toolCalls"].as_array().unwrap();
+        assert_eq!(calls.len(), 10, "{shown}");
+        assert!(calls.iter().all(|c| c["status"] == "ok"), "{shown}");
+    }
 }
 
 fn main() {
