@@ -331,3 +331,26 @@ async fn cli_verify_against_a_spec_file() {
     assert!(err.contains("non-determinism in run"), "{err}");
     assert!(err.contains("researcher"), "{err}");
 }
+
+/// A divergence quotes the recorded record, cut short when it is large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn divergence_texts_stay_readable_for_large_records() {
+    let setup = two_agents_setup();
+    let store = Store::in_memory().unwrap();
+    let rt = setup.build(two_agents_host(), store.clone()).runtime;
+    let research = json!({"tool": "search", "args": {"q": "x".repeat(5000)}}).to_string();
+    let prompt = json!({"tool": "call_agent", "args": {"agent": "researcher", "prompt": research}})
+        .to_string();
+    let mut stream = rt.query(&prompt, "t1", None).unwrap();
+    collect(&mut stream).await;
+    let run = stream.run_id().to_owned();
+    let changed = other(&setup, &store, |s| {
+        s.spec["agents"][0]["routes"] = json!(["writer"]);
+    });
+    let (_, _, recorded, actual) =
+        nondeterminism(changed.verify_with(&run, true).await.unwrap_err());
+    assert!(recorded.starts_with("AgentInvoked {"), "{recorded}");
+    assert!(recorded.len() < 600, "{} chars", recorded.len());
+    assert!(recorded.ends_with(" bytes)"), "{recorded}");
+    assert_eq!(actual, "a record of kind ToolCallCompleted");
+}
