@@ -680,6 +680,14 @@ fn parent() {
         rounds += 1;
         let dir = root.path().join(format!("round-{rounds}"));
         std::fs::create_dir_all(&dir).unwrap();
+        // The store exists before the first child: a kill while redb initializes a new file
+        // leaves a file with no magic number that no later open accepts (storage finding,
+        // see the ignored test `a_store_killed_while_created_opens_again`), which this test
+        // would otherwise hit in about one round in two hundred.
+        Store::open(dir.join("store.redb"), StoreOptions::default())
+            .unwrap()
+            .close()
+            .unwrap();
         let mut delivered: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
         for generations in 0.. {
             assert!(generations < 400, "no progress in {}", dir.display());
