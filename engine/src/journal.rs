@@ -90,6 +90,16 @@ pub(crate) fn host_originated(kind: RecordKind, payload: &str) -> bool {
     }
 }
 
+/// A payload as a divergence message quotes it: whole when short, else cut at a character
+/// boundary (a model turn or a plan can be hundreds of kilobytes).
+fn shortened(payload: &str) -> String {
+    const LIMIT: usize = 300;
+    match payload.char_indices().nth(LIMIT) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &payload[..cut], payload.len()),
+        None => payload.to_owned(),
+    }
+}
+
 impl RunJournal {
     pub(crate) fn new_live(
         store: Store,
@@ -194,12 +204,25 @@ impl RunJournal {
                 DriveMode::Live | DriveMode::Resume => Ok(None),
             };
         };
+        if front.record.kind == RecordKind::RunCancelled
+            && P::KIND != RecordKind::RunCancelled
+            && self.mode == DriveMode::Verify
+            && host_originated(front.record.kind, &front.record.payload)
+        {
+            // Cancelled from outside while no runtime drove the run: its journal ends
+            // here, wherever the driver stands, and there is nothing left to compare.
+            return Err(EngineError::JournalEnd);
+        }
         if front.record.kind != P::KIND {
             return Err(EngineError::NonDeterminism {
                 run: self.run_id.to_string(),
                 seq: front.seq,
-                recorded: format!("{} {}", front.record.kind.name(), front.record.payload),
-                actual: format!("a {} record", P::KIND.name()),
+                recorded: format!(
+                    "{} {}",
+                    front.record.kind.name(),
+                    shortened(&front.record.payload)
+                ),
+                actual: format!("a record of kind {}", P::KIND.name()),
             });
         }
         let Some(stored) = self.cursor.pop_front() else {

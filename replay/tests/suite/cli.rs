@@ -248,3 +248,112 @@ fn locked_store_needs_shared_reads() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Verify never calls a provider, so a run recorded under a live interpreter verifies
+/// without its API key (the recorded spec names only `apiKeyEnv`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_of_a_live_interpreter_run_needs_no_api_key() {
+    use std::sync::Arc;
+    type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let mut wire = specialist_setup().spec;
+    wire["providers"] = json!({"anthropic": {"apiKeyEnv": "FLOWAI_TEST_KEY_THAT_IS_NOT_SET"}});
+    let options = |env: Env, store: Store| flowai_runtime::RuntimeOptions {
+        spec: serde_json::from_value(wire.clone()).unwrap(),
+        host_tools: vec![],
+        predicates: Default::default(),
+        interpreter: flowai_runtime::InterpreterChoice::Anthropic,
+        store,
+        host: Arc::new(flowai_runtime::NoHost),
+        clock: Arc::new(flowai_storage::ManualClock::new(START_MS)),
+        ids: Arc::new(flowai_runtime::SequentialIds::new(START_MS as u64)),
+        handle: tokio::runtime::Handle::current(),
+        env,
+        event_buffer: 16,
+    };
+    let without_key = flowai_runtime::Runtime::new(options(Arc::new(|_| None), store.clone()));
+    assert!(without_key.is_err(), "a live runtime needs its key");
+    let rt = flowai_runtime::Runtime::new(options(
+        Arc::new(|_| Some(String::from("sk-live-secret"))),
+        store.clone(),
+    ))
+    .unwrap();
+    // Fails before any model call: no provider is contacted here either.
+    let mut stream = rt
+        .run_specialist("ghost", "hello", Some("t"), None)
+        .unwrap();
+    collect(&mut stream).await;
+    let spec_json = rt.recorded_spec_json().to_owned();
+    assert!(!spec_json.contains("sk-live-secret"));
+    rt.close().unwrap();
+    store.close().unwrap();
+
+    let (code, out, err) = flowai(&["verify", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verified 1 runs: 1 ok"), "{out}");
+}
+
+/// A run cancelled while it waited at an approval (decision and RunCancelled written by
+/// the host, not the driver) is finished, so `flowai verify` checks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_of_a_run_cancelled_at_a_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cancel.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let mut setup = specialist_setup();
+    setup.tools.push(host_tool(
+        "specialist",
+        "publish",
+        json!({"type": "object"}),
+        json!({"kind": "always"}),
+    ));
+    let built = setup.build(search_host(), store.clone());
+    let prompt = json!({"tool": "publish", "args": {}}).to_string();
+    let mut stream = built
+        .runtime
+        .run_specialist("specialist", &prompt, Some("t"), None)
+        .unwrap();
+    until_approval(&mut stream).await;
+    let run = stream.run_id().to_owned();
+    drop(stream);
+    built.runtime.close().unwrap();
+    let again = setup.build(search_host(), store.clone());
+    again.runtime.cancel(&run).await.unwrap();
+    assert_eq!(
+        again.runtime.run(&run).unwrap().meta.status,
+        flowai_storage::RunStatus::Cancelled
+    );
+    again.runtime.close().unwrap();
+    store.close().unwrap();
+    let (code, out, err) = flowai(&["verify", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verified 1 runs: 1 ok"), "{out}");
+}
+
+/// Storage finding (reported to the lead): a process killed while `Store::open` has redb
+/// initialize a new file leaves the file with its header written but no magic number (redb
+/// writes the magic last), and every later open fails with "Not a redb database: magic
+/// number mismatch". No commit can have happened in such a file, so opening it for writing
+/// could initialize it again. Reproduced by the crash torture (kill right after spawn);
+/// simulated here by clearing the magic of a freshly created store.
+#[test]
+#[ignore = "storage bug: a store killed during its creation never opens again"]
+fn a_store_killed_while_created_opens_again() {
+    use std::io::{Seek, Write};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("torn.redb");
+    Store::open(&path, StoreOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.seek(std::io::SeekFrom::Start(0)).unwrap();
+    file.write_all(&[0u8; 9]).unwrap();
+    drop(file);
+    let store = Store::open(&path, StoreOptions::default());
+    assert!(store.is_ok(), "{:?}", store.err());
+}

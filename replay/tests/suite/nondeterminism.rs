@@ -238,29 +238,57 @@ async fn resume_under_a_changed_spec_needs_allow_and_is_still_checked() {
     assert_eq!(seq, seq_of(&first, &run, "ApprovalRequested"));
     ungated.close().unwrap();
 
+    // Nobody drives the run: the answer is journaled and the resumed run continues with it.
+    reworded
+        .respond_to_approval(&approval, decision("approve"))
+        .await
+        .unwrap();
     let mut resumed = reworded.resume(&run, true).unwrap();
-    // The run waits again for the same approval.
-    let reader = tokio::spawn(async move { collect(&mut resumed).await });
-    let mut answered = false;
-    for _ in 0..1000 {
-        match reworded
-            .respond_to_approval(&approval, decision("approve"))
-            .await
-        {
-            Ok(()) => {
-                answered = true;
-                break;
-            }
-            Err(_) => tokio::task::yield_now().await,
-        }
-    }
-    assert!(answered);
-    let events = reader.await.unwrap();
+    let events = collect(&mut resumed).await;
+    assert_eq!(events[0]["type"], "approval-decision");
     assert_eq!(events.last().unwrap()["type"], "tool-agent");
     assert_eq!(
         reworded.run(&run).unwrap().meta.status,
         flowai_storage::RunStatus::Completed
     );
+}
+
+/// Engine race found here (reported to the lead): `resume` loads the journal when it is
+/// called, but the run only becomes active on the stream's first `next`. An approval
+/// answered in between is journaled (nobody drives the run yet), and the driver, working
+/// from the stale snapshot, then waits at the gate for a decision that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "engine bug: a decision journaled between resume() and the stream's first next() is never seen"]
+async fn an_answer_between_resume_and_first_next_is_not_lost() {
+    let mut setup = specialist_setup();
+    setup.tools.push(host_tool(
+        "specialist",
+        "publish",
+        json!({"type": "object"}),
+        json!({"kind": "always"}),
+    ));
+    let store = Store::in_memory().unwrap();
+    let host = search_host().simple("publish", |_| json!({"published": true}));
+    let first = setup.build(host, store.clone()).runtime;
+    let prompt = json!({"tool": "publish", "args": {}}).to_string();
+    let mut stream = first
+        .run_specialist("specialist", &prompt, Some("t1"), None)
+        .unwrap();
+    let (_, approval) = until_approval(&mut stream).await;
+    let run = stream.run_id().to_owned();
+    drop(stream);
+    first.close().unwrap();
+
+    let second = other(&setup, &store, |_| {});
+    let mut resumed = second.resume(&run, false).unwrap();
+    second
+        .respond_to_approval(&approval, decision("approve"))
+        .await
+        .unwrap();
+    let events = tokio::time::timeout(std::time::Duration::from_secs(5), collect(&mut resumed))
+        .await
+        .expect("the resumed run sees the journaled decision and ends");
+    assert_eq!(events.last().unwrap()["type"], "tool-agent");
 }
 
 /// `flowai verify --spec FILE`: the same document passes, a changed one fails with exit 1.
@@ -302,4 +330,27 @@ async fn cli_verify_against_a_spec_file() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("non-determinism in run"), "{err}");
     assert!(err.contains("researcher"), "{err}");
+}
+
+/// A divergence quotes the recorded record, cut short when it is large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn divergence_texts_stay_readable_for_large_records() {
+    let setup = two_agents_setup();
+    let store = Store::in_memory().unwrap();
+    let rt = setup.build(two_agents_host(), store.clone()).runtime;
+    let research = json!({"tool": "search", "args": {"q": "x".repeat(5000)}}).to_string();
+    let prompt = json!({"tool": "call_agent", "args": {"agent": "researcher", "prompt": research}})
+        .to_string();
+    let mut stream = rt.query(&prompt, "t1", None).unwrap();
+    collect(&mut stream).await;
+    let run = stream.run_id().to_owned();
+    let changed = other(&setup, &store, |s| {
+        s.spec["agents"][0]["routes"] = json!(["writer"]);
+    });
+    let (_, _, recorded, actual) =
+        nondeterminism(changed.verify_with(&run, true).await.unwrap_err());
+    assert!(recorded.starts_with("AgentInvoked {"), "{recorded}");
+    assert!(recorded.len() < 600, "{} chars", recorded.len());
+    assert!(recorded.ends_with(" bytes)"), "{recorded}");
+    assert_eq!(actual, "a record of kind ToolCallCompleted");
 }
