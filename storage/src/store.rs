@@ -181,8 +181,8 @@ fn create_file(path: &Path) -> Result<(), StoreError> {
     }
     let file = options.open(&temp).map_err(|e| io_err(path, e))?;
     let label = path.display().to_string();
-    let initialized = redb::Builder::new()
-        .create_file(file)
+    let initialized = redb::backends::FileBackend::new(file)
+        .and_then(|backend| redb::Builder::new().create_with_backend(backend))
         .map_err(|e| StoreError::db(&label, e))
         .and_then(|db| db.close().map_err(|e| StoreError::db(&label, e)));
     let linked = initialized.and_then(|()| match std::fs::hard_link(&temp, path) {
@@ -193,7 +193,11 @@ fn create_file(path: &Path) -> Result<(), StoreError> {
     let _ = std::fs::remove_file(&temp);
     linked?;
     if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
         if let Ok(handle) = std::fs::File::open(dir) {
             // Make the new directory entry durable too.
             let _ = handle.sync_all();

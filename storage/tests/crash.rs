@@ -297,3 +297,43 @@ fn acknowledged_records_survive_sigkill() {
         started.elapsed()
     );
 }
+
+/// A process killed while it creates a new store leaves either no store or a whole one
+/// that opens (the file is initialized under a temporary name and linked into place).
+#[test]
+fn a_store_killed_while_created_is_absent_or_opens() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut created = 0;
+    for round in 0..40 {
+        let path = dir.path().join(format!("new-{round}.redb"));
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "crash_child_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Process start-up takes a few milliseconds; the kill lands before, during or
+        // after the store's creation.
+        std::thread::sleep(Duration::from_micros(rng.below(12_000)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if path.exists() {
+            created += 1;
+            let store = Store::open(&path, StoreOptions::default())
+                .unwrap_or_else(|e| panic!("round {round}: a killed creation left {e}"));
+            store.close().unwrap();
+        }
+    }
+    assert!(created > 0, "no kill landed after a creation");
+}

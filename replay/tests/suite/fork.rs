@@ -374,7 +374,6 @@ async fn an_attempt_without_outcome_runs_again_under_the_forks_key() {
 /// while it is driven, so `runs()` misreports it and `close()`, which interrupts only
 /// `running` runs, leaves a run resumed from `suspended` marked `suspended`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "engine bug: resume does not set the run's status to running"]
 async fn a_resumed_run_is_running_while_driven() {
     use std::sync::{Mutex, mpsc};
 

@@ -258,7 +258,6 @@ async fn resume_under_a_changed_spec_needs_allow_and_is_still_checked() {
 /// answered in between is journaled (nobody drives the run yet), and the driver, working
 /// from the stale snapshot, then waits at the gate for a decision that never comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "engine bug: a decision journaled between resume() and the stream's first next() is never seen"]
 async fn an_answer_between_resume_and_first_next_is_not_lost() {
     let mut setup = specialist_setup();
     setup.tools.push(host_tool(
