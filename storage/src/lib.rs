@@ -56,6 +56,7 @@ mod error;
 mod keys;
 pub mod payloads;
 mod read;
+mod rebuild;
 mod record;
 mod reference;
 mod store;
@@ -65,6 +66,7 @@ mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StoreError;
+pub use rebuild::RebuildReport;
 pub use record::{DecodeError, Record, RecordKind, RecordView, StoredRecord, decode_record};
 pub use reference::reference_id;
 pub use store::{Durability, Store, StoreOptions};

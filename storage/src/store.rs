@@ -572,6 +572,84 @@ impl Store {
         }
     }
 
+    /// Rebuilds the `runs`, `approvals` and `plans` tables (and their indexes) from the
+    /// journal, in one write transaction. Use it on a store whose index tables are in
+    /// doubt; `specs`, `memory` and `references` are not projections and stay as they are.
+    /// Runs with no closing record come back `suspended` (an approval is open) or
+    /// `interrupted`.
+    pub fn rebuild_indexes(&self) -> Result<crate::RebuildReport, StoreError> {
+        let label = self.label().to_owned();
+        let label = label.as_str();
+        if self.read_only {
+            return Err(StoreError::ReadOnly {
+                path: label.to_owned(),
+            });
+        }
+        let db = self
+            .inner
+            .db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| self.closed())?;
+        let Db::Rw(db) = &*db else {
+            return Err(StoreError::ReadOnly {
+                path: label.to_owned(),
+            });
+        };
+        let mut derivation = crate::rebuild::Derivation::default();
+        {
+            let txn = db.begin_read().db(label)?;
+            let journal = txn.open_table(tables::JOURNAL).db(label)?;
+            let mut current: Option<crate::RunId> = None;
+            let mut records: Vec<crate::StoredRecord> = Vec::new();
+            let mut finish = |run: Option<crate::RunId>, records: &mut Vec<crate::StoredRecord>| {
+                let result = match run {
+                    Some(run) => derivation
+                        .add_run(run, records)
+                        .map_err(|detail| StoreError::corrupt(label, format!("run {run}"), detail)),
+                    None => Ok(()),
+                };
+                records.clear();
+                result
+            };
+            for entry in journal.iter().db(label)? {
+                let (key, value) = entry.db(label)?;
+                let (run, seq) = crate::keys::split_journal_key(key.value());
+                if current != Some(run) {
+                    finish(current, &mut records)?;
+                    current = Some(run);
+                }
+                let view = crate::record::decode(value.value()).map_err(|detail| {
+                    StoreError::corrupt(label, format!("run {run} seq {seq}"), detail)
+                })?;
+                records.push(crate::StoredRecord {
+                    seq,
+                    record: view.to_record(),
+                });
+            }
+            finish(current, &mut records)?;
+        }
+        let (updates, report) = derivation.into_updates();
+        let txn = db.begin_write().db(label)?;
+        txn.delete_table(tables::RUNS).db(label)?;
+        txn.delete_table(tables::RUNS_BY_TENANT).db(label)?;
+        txn.delete_table(tables::RUNS_BY_THREAD).db(label)?;
+        txn.delete_table(tables::RUNS_BY_STATUS).db(label)?;
+        txn.delete_table(tables::APPROVALS).db(label)?;
+        txn.delete_table(tables::APPROVALS_BY_RUN).db(label)?;
+        txn.delete_table(tables::PLANS).db(label)?;
+        crate::writer::create_tables(&txn).db(label)?;
+        {
+            let mut writes = crate::writer::Writes::new(&txn, label);
+            for update in updates {
+                writes.apply_update(update)?;
+            }
+        }
+        txn.commit().db(label)?;
+        Ok(report)
+    }
+
     #[cfg(test)]
     pub(crate) fn raw_db(&self) -> Option<Arc<redb::Database>> {
         let db = self

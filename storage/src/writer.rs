@@ -620,7 +620,7 @@ impl<'t> Writes<'t> {
         Ok(Ok(()))
     }
 
-    fn apply_update(&mut self, update: IndexUpdate) -> Result<(), StoreError> {
+    pub(crate) fn apply_update(&mut self, update: IndexUpdate) -> Result<(), StoreError> {
         let label = self.label;
         let db = move |e: redb::StorageError| StoreError::db(label, e);
         match update {
