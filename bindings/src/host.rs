@@ -17,7 +17,7 @@ use pyo3::types::{PyDict, PyString};
 use pyo3_async_runtimes::TaskLocals;
 use serde_json::Value;
 
-use crate::convert;
+use crate::{convert, python};
 use crate::references::ToolCallRuntime;
 
 pub(crate) const NO_LOOP: &str =
@@ -127,11 +127,12 @@ impl PyHost {
             Returned::Ready(value) => Ok(value),
             Returned::Pending(future) => {
                 let outcome = future.await;
-                Python::attach(|py| match outcome {
+                python::with_python(|py| match outcome {
                     Ok(value) => convert::to_json(value.bind(py))
                         .map_err(|e| convert::exception_text(py, &e)),
                     Err(e) => Err(convert::exception_text(py, &e)),
                 })
+                .unwrap_or_else(|| Err(String::from(python::EXITING_TEXT)))
             }
         }
     }
@@ -141,7 +142,7 @@ impl PyHost {
         call: &HostToolCall,
         created: &Arc<Mutex<Vec<CreatedReference>>>,
     ) -> Result<Returned, String> {
-        Python::attach(|py| {
+        python::with_python(|py| {
             let handler = self.tools.get(&call.binding_key).ok_or_else(|| {
                 format!(
                     "no handler is registered for tool binding '{}'",
@@ -173,10 +174,11 @@ impl PyHost {
             let value = handler.bind(py).call1((args, ctx)).map_err(text)?;
             self.returned(value, &call.ctx.run_id)
         })
+        .unwrap_or_else(|| Err(String::from(python::EXITING_TEXT)))
     }
 
     fn start_dispatch(&self, actions: &Value, ctx: &DispatchContext) -> Result<Returned, String> {
-        Python::attach(|py| {
+        python::with_python(|py| {
             let text = |e: PyErr| convert::exception_text(py, &e);
             let Some(dispatcher) = &self.dispatcher else {
                 return Ok(Returned::Ready(Value::Null));
@@ -198,6 +200,7 @@ impl PyHost {
             let value = dispatcher.bind(py).call1((actions, py_ctx)).map_err(text)?;
             self.returned(value, &ctx.run_id)
         })
+        .unwrap_or_else(|| Err(String::from(python::EXITING_TEXT)))
     }
 }
 
@@ -225,7 +228,7 @@ impl Host for PyHost {
     }
 
     async fn evaluate_predicate(&self, id: &str, args: &Value, ctx: &PredicateContext) -> bool {
-        Python::attach(|py| {
+        python::with_python(|py| {
             let Some(predicate) = self.predicates.get(id) else {
                 eprintln!(
                     "flowai: approval predicate '{id}' is not registered; approval is required"
@@ -261,6 +264,7 @@ impl Host for PyHost {
                 }
             }
         })
+        .unwrap_or(true)
     }
 
     fn has_dispatcher(&self) -> bool {

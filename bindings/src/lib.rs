@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 mod convert;
 mod errors;
 mod host;
+mod python;
 mod references;
 mod runtime;
 mod store;
@@ -40,8 +41,11 @@ fn _internal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<runtime::PyRuntime>()?;
     m.add_class::<stream::PyRuntimeEventStream>()?;
     m.add_class::<stream::ReplayStream>()?;
-    m.add_class::<stream::Ready>()?;
     m.add_class::<references::ToolCallRuntime>()?;
     m.add_class::<store::PyStore>()?;
+    let shutdown = wrap_pyfunction!(python::_shutdown, m)?;
+    m.py()
+        .import("atexit")?
+        .call_method1("register", (shutdown,))?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 use serde_json::Value;
 
-use crate::{convert, errors};
+use crate::{convert, errors, python};
 
 static PREPARE_CREATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -35,7 +35,7 @@ pub(crate) fn create<'py>(
         .extract()?;
     let value = parse(&value_json, "reference value")?;
     let glimpse = parse(&glimpse_json, "reference glimpse")?;
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+    python::awaitable(py, async move {
         let made = runtime
             .create_reference(&kind, &value, &glimpse)
             .await
@@ -49,13 +49,14 @@ pub(crate) fn create<'py>(
                     id: made.id.clone(),
                 });
         }
-        Python::attach(|py| -> PyResult<Py<PyAny>> {
+        python::with_python(|py| -> PyResult<Py<PyAny>> {
             let out = PyDict::new(py);
             out.set_item("kind", &made.kind)?;
             out.set_item("id", &made.id)?;
             out.set_item("glimpse", convert::to_py(py, &made.glimpse)?)?;
             Ok(out.into_any().unbind())
         })
+        .unwrap_or_else(|| Err(errors::flowai_error(python::EXITING_TEXT)))
     })
 }
 
@@ -77,13 +78,14 @@ pub(crate) fn lookup<'py>(
         .import(py, "flowai_harness._references", "reference_handle")?
         .call1((reference,))?
         .extract()?;
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+    python::awaitable(py, async move {
         let value = match what {
             Lookup::Value => runtime.resolve_reference(&kind, &id),
             Lookup::Glimpse => runtime.reference_glimpse(&kind, &id),
         }
         .map_err(errors::engine_error)?;
-        Python::attach(|py| Ok(convert::to_py(py, &value)?.unbind()))
+        python::with_python(|py| Ok(convert::to_py(py, &value)?.unbind()))
+            .unwrap_or_else(|| Err(errors::flowai_error(python::EXITING_TEXT)))
     })
 }
 

@@ -17,7 +17,7 @@ use crate::host::PyHost;
 use crate::references::{self, Lookup};
 use crate::store::{self, PyStore, StoreShare};
 use crate::stream::{PyRuntimeEventStream, ReplayStream};
-use crate::{convert, errors};
+use crate::{convert, errors, python};
 
 /// How many events a stream buffers before the run waits for its consumer.
 const EVENT_BUFFER: usize = 64;
@@ -263,7 +263,7 @@ impl PyRuntime {
             _ => None,
         };
         let runtime = self.runtime.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        python::awaitable(py, async move {
             runtime
                 .respond_to_approval(
                     &approval_id,

@@ -11,7 +11,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
 use crate::host::PyHost;
-use crate::{convert, errors};
+use crate::{convert, errors, python};
 
 static NEXT_EVENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -109,26 +109,25 @@ impl PyRuntimeEventStream {
             return Ok(Bound::new(py, ready)?.into_any());
         }
         let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
-        self.host.set_loop(&self.run_id, locals.clone());
+        self.host.set_loop(&self.run_id, locals);
         let inner = Arc::clone(&self.inner);
         let finished = Arc::clone(&self.finished);
         let host = Arc::clone(&self.host);
         let run_id = self.run_id.clone();
-        let pending =
-            pyo3_async_runtimes::tokio::future_into_py_with_locals(py, locals, async move {
-                let next = inner.lock().await.next().await;
-                match next {
-                    Some(Ok(event)) => Ok(event.into_string()),
-                    other => {
-                        finished.store(true, Ordering::Release);
-                        Python::attach(|_| host.clear_loop(&run_id));
-                        match other {
-                            Some(Err(e)) => Err(errors::engine_error(e)),
-                            _ => Err(PyStopAsyncIteration::new_err(())),
-                        }
+        let pending = python::awaitable(py, async move {
+            let next = inner.lock().await.next().await;
+            match next {
+                Some(Ok(event)) => Ok(event.into_string()),
+                other => {
+                    finished.store(true, Ordering::Release);
+                    python::with_python(|_| host.clear_loop(&run_id));
+                    match other {
+                        Some(Err(e)) => Err(errors::engine_error(e)),
+                        _ => Err(PyStopAsyncIteration::new_err(())),
                     }
                 }
-            })?;
+            }
+        })?;
         NEXT_EVENT
             .import(py, "flowai_harness._stream", "next_event")?
             .call1((pending, self.hooks.bind(py)))

@@ -1,14 +1,13 @@
 """Type stub of the private native module (what exists in this build)."""
 
 import os
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, final
 
 __all__ = [
     "PyRuntime",
     "PyRuntimeEventStream",
-    "Ready",
     "ReplayStream",
     "Store",
     "ToolCallRuntime",
@@ -39,14 +38,6 @@ class Store:
     def __exit__(
         self, *_exc: type[BaseException] | BaseException | TracebackType | None
     ) -> bool: ...
-
-@final
-class Ready:
-    """An awaitable whose outcome is known already."""
-
-    def __await__(self) -> Generator[Any, None, Any]: ...
-    def __iter__(self) -> Ready: ...
-    def __next__(self) -> Any: ...
 
 @final
 class PyRuntimeEventStream:

@@ -7,11 +7,12 @@ thread, in order, before the event is yielded (a hook exception propagates).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-__all__ = ["next_event"]
+__all__ = ["next_event", "resolve"]
 
 
 async def next_event(pending: Awaitable[str], hooks: Sequence[Callable[[dict[str, Any]], Any]]) -> dict[str, Any]:
@@ -20,3 +21,13 @@ async def next_event(pending: Awaitable[str], hooks: Sequence[Callable[[dict[str
     for hook in hooks:
         hook(event)
     return event
+
+
+def resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """Settles a native awaitable on its loop (unless it was cancelled meanwhile)."""
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
