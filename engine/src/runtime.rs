@@ -778,7 +778,7 @@ impl Runtime {
             if let Some(info) = self.shared.store.run(run)?
                 && info.meta.status == RunStatus::Running
             {
-                self.shared.store.append_blocking(AppendRequest {
+                let marked = self.shared.store.append_blocking(AppendRequest {
                     run: None,
                     index_updates: vec![IndexUpdate::SetRunStatus {
                         run_id: run,
@@ -786,7 +786,12 @@ impl Runtime {
                         at_ms: self.shared.clock.now_ms(),
                     }],
                     precondition: Precondition::RunStatusIn(run, vec![RunStatus::Running]),
-                })?;
+                });
+                match marked {
+                    // The run finished (or suspended) between the check and the append.
+                    Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         Ok(())
