@@ -46,6 +46,16 @@ pub(crate) fn is_awaitable(value: &Bound<'_, PyAny>) -> PyResult<bool> {
         .is_truthy()
 }
 
+static IS_COROUTINE_FUNCTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `inspect.iscoroutinefunction(value)`.
+pub(crate) fn is_coroutine_function(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    IS_COROUTINE_FUNCTION
+        .import(value.py(), "inspect", "iscoroutinefunction")?
+        .call1((value,))?
+        .is_truthy()
+}
+
 /// `"<ExcType>: <message>"`, the text a failed callback becomes (API.md §2.6, §5.6).
 pub(crate) fn exception_text(py: Python<'_>, error: &PyErr) -> String {
     let name = error

@@ -17,8 +17,8 @@ use pyo3::types::{PyDict, PyString};
 use pyo3_async_runtimes::TaskLocals;
 use serde_json::Value;
 
-use crate::{convert, python};
 use crate::references::ToolCallRuntime;
+use crate::{convert, python};
 
 pub(crate) const NO_LOOP: &str =
     "async Python callback requires the runtime stream to be iterated from asyncio";
@@ -26,16 +26,33 @@ pub(crate) const NO_LOOP: &str =
 /// The Python side of one runtime.
 pub(crate) struct PyHost {
     /// Handler per binding key.
-    pub(crate) tools: HashMap<String, Py<PyAny>>,
-    pub(crate) predicates: HashMap<String, Py<PyAny>>,
-    pub(crate) dispatcher: Option<Py<PyAny>>,
-    pub(crate) tool_context_factory: Py<PyAny>,
-    pub(crate) dispatch_context_factory: Py<PyAny>,
+    tools: HashMap<String, Callback>,
+    predicates: HashMap<String, Py<PyAny>>,
+    dispatcher: Option<Callback>,
+    tool_context_factory: Py<PyAny>,
+    dispatch_context_factory: Py<PyAny>,
     /// The asyncio loop (and context) each run's stream was last awaited from.
     loops: Mutex<HashMap<String, TaskLocals>>,
     /// The engine runtime, for references created through a tool context. Set after
     /// construction, cleared on close (it would otherwise keep the runtime alive).
     runtime: Mutex<Option<Runtime>>,
+}
+
+/// A host callable, and whether it is an `async def` (calling it only makes a
+/// coroutine, so it never blocks the calling thread).
+pub(crate) struct Callback {
+    func: Py<PyAny>,
+    coroutine_function: bool,
+}
+
+impl Callback {
+    pub(crate) fn new(func: Bound<'_, PyAny>) -> PyResult<Callback> {
+        let coroutine_function = convert::is_coroutine_function(&func)?;
+        Ok(Callback {
+            func: func.unbind(),
+            coroutine_function,
+        })
+    }
 }
 
 /// A callback's return value: ready, or a coroutine running on an asyncio loop.
@@ -46,9 +63,9 @@ enum Returned {
 
 impl PyHost {
     pub(crate) fn new(
-        tools: HashMap<String, Py<PyAny>>,
+        tools: HashMap<String, Callback>,
         predicates: HashMap<String, Py<PyAny>>,
-        dispatcher: Option<Py<PyAny>>,
+        dispatcher: Option<Callback>,
         tool_context_factory: Py<PyAny>,
         dispatch_context_factory: Py<PyAny>,
     ) -> PyHost {
@@ -171,7 +188,7 @@ impl PyHost {
                 .bind(py)
                 .call((), Some(&kwargs))
                 .map_err(text)?;
-            let value = handler.bind(py).call1((args, ctx)).map_err(text)?;
+            let value = handler.func.bind(py).call1((args, ctx)).map_err(text)?;
             self.returned(value, &call.ctx.run_id)
         })
         .unwrap_or_else(|| Err(String::from(python::EXITING_TEXT)))
@@ -197,7 +214,11 @@ impl PyHost {
                 .bind(py)
                 .call((resolved,), Some(&kwargs))
                 .map_err(text)?;
-            let value = dispatcher.bind(py).call1((actions, py_ctx)).map_err(text)?;
+            let value = dispatcher
+                .func
+                .bind(py)
+                .call1((actions, py_ctx))
+                .map_err(text)?;
             self.returned(value, &ctx.run_id)
         })
         .unwrap_or_else(|| Err(String::from(python::EXITING_TEXT)))
@@ -215,7 +236,16 @@ fn close_unawaited(value: &Bound<'_, PyAny>) {
 impl Host for PyHost {
     async fn call_tool(&self, call: HostToolCall) -> HostToolOutcome {
         let created = Arc::new(Mutex::new(Vec::new()));
-        let result = match self.start_tool(&call, &created) {
+        let blocking = self
+            .tools
+            .get(&call.binding_key)
+            .is_some_and(|h| !h.coroutine_function);
+        let started = if blocking {
+            python::blocking(|| self.start_tool(&call, &created))
+        } else {
+            self.start_tool(&call, &created)
+        };
+        let result = match started {
             Ok(returned) => Self::settle(returned).await,
             Err(e) => Err(e),
         };
@@ -228,6 +258,34 @@ impl Host for PyHost {
     }
 
     async fn evaluate_predicate(&self, id: &str, args: &Value, ctx: &PredicateContext) -> bool {
+        python::blocking(|| self.predicate(id, args, ctx))
+    }
+
+    fn has_dispatcher(&self) -> bool {
+        self.dispatcher.is_some()
+    }
+
+    async fn dispatch_actions(
+        &self,
+        actions: Value,
+        ctx: DispatchContext,
+    ) -> Result<Value, String> {
+        let blocking = self
+            .dispatcher
+            .as_ref()
+            .is_some_and(|d| !d.coroutine_function);
+        let returned = if blocking {
+            python::blocking(|| self.start_dispatch(&actions, &ctx))?
+        } else {
+            self.start_dispatch(&actions, &ctx)?
+        };
+        Self::settle(returned).await
+    }
+}
+
+impl PyHost {
+    /// Calls a predicate; a failure or a non-bool answer means approval is required.
+    fn predicate(&self, id: &str, args: &Value, ctx: &PredicateContext) -> bool {
         python::with_python(|py| {
             let Some(predicate) = self.predicates.get(id) else {
                 eprintln!(
@@ -265,18 +323,5 @@ impl Host for PyHost {
             }
         })
         .unwrap_or(true)
-    }
-
-    fn has_dispatcher(&self) -> bool {
-        self.dispatcher.is_some()
-    }
-
-    async fn dispatch_actions(
-        &self,
-        actions: Value,
-        ctx: DispatchContext,
-    ) -> Result<Value, String> {
-        let returned = self.start_dispatch(&actions, &ctx)?;
-        Self::settle(returned).await
     }
 }

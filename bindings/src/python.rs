@@ -60,6 +60,17 @@ pub(crate) fn with_python<R>(f: impl FnOnce(Python<'_>) -> R) -> Option<R> {
     Some(Python::attach(f))
 }
 
+/// Runs `f`, which may block (a synchronous Python callback), so that the tokio
+/// worker it runs on hands its other tasks to another thread meanwhile.
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// The `atexit` hook: no new entries into Python from native threads, and wait for the
 /// running ones (GIL released) so that none is inside Python when finalization starts.
 #[pyfunction]

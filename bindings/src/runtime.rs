@@ -13,7 +13,7 @@ use flowai_storage::{Durability, RunInfo, RunStatus, Store, SystemClock};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::host::PyHost;
+use crate::host::{Callback, PyHost};
 use crate::references::{self, Lookup};
 use crate::store::{self, PyStore, StoreShare};
 use crate::stream::{PyRuntimeEventStream, ReplayStream};
@@ -162,8 +162,13 @@ impl PyRuntime {
             .collect::<PyResult<Vec<_>>>()?;
         let mut handlers = HashMap::new();
         for (_, binding_key, _, _, _, _, handler) in host_tools {
-            handlers.entry(binding_key).or_insert(handler);
+            if let std::collections::hash_map::Entry::Vacant(slot) = handlers.entry(binding_key) {
+                slot.insert(Callback::new(handler.into_bound(py))?);
+            }
         }
+        let action_dispatcher = action_dispatcher
+            .map(|d| Callback::new(d.into_bound(py)))
+            .transpose()?;
         let predicate_ids: BTreeSet<String> = predicates.keys().cloned().collect();
         let host = Arc::new(PyHost::new(
             handlers,
