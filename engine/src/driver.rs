@@ -685,16 +685,30 @@ impl Driver {
         while self.j.peek_kind() == Some(flowai_storage::RecordKind::ReferenceCreated) {
             self.j.take::<payloads::ReferenceCreated>().await?;
         }
-        if self.j.replaying() {
-            if self.j.peek_kind() == Some(flowai_storage::RecordKind::ToolCallCompleted) {
+        if let Some(kind) = self.j.peek_kind() {
+            if last_attempt > 0 && kind == flowai_storage::RecordKind::ToolCallCompleted {
+                // The outcome follows the references the handler created.
                 return Ok(ToolOutcome::ok(Value::Null));
             }
-            let seq = self.j.next_seq();
-            return Err(self.divergence(
-                seq,
-                format!("{:?} after attempt", self.j.peek_kind().map(|k| k.name())),
-                String::from("ToolCallCompleted"),
-            ));
+            let seq = self.j.next_recorded_seq();
+            let (recorded, actual) = if last_attempt == 0 {
+                // The recorded run never invoked this handler, e.g. its input failed
+                // validation or a gate stood here; the current code would run it.
+                (
+                    format!("{} (no attempt of tool {})", kind.name(), call.name),
+                    format!("AttemptStarted: run the handler of tool {}", call.name),
+                )
+            } else {
+                (
+                    format!(
+                        "{} after attempt {last_attempt} of tool {}",
+                        kind.name(),
+                        call.name
+                    ),
+                    format!("ToolCallCompleted of tool {}", call.name),
+                )
+            };
+            return Err(self.divergence(seq, recorded, actual));
         }
         // Verify never invokes a handler.
         if self.j.mode() == DriveMode::Verify {

@@ -152,6 +152,17 @@ fn parse_run_id(run_id: &str) -> Result<RunId, EngineError> {
 impl Runtime {
     /// Validates and compiles the spec, and prepares the providers the agents use.
     pub fn new(options: RuntimeOptions) -> Result<Runtime, EngineError> {
+        Self::build(options, false)
+    }
+
+    /// Like [`Runtime::new`] but without provider clients, so no API key is needed: for
+    /// tools that only verify or inspect recorded runs (verify never calls a provider).
+    /// A run that reaches a live model call on such a runtime fails with "no model client".
+    pub fn new_offline(options: RuntimeOptions) -> Result<Runtime, EngineError> {
+        Self::build(options, true)
+    }
+
+    fn build(options: RuntimeOptions, offline: bool) -> Result<Runtime, EngineError> {
         let recorded = spec::recorded_spec(
             &options.spec,
             &options.host_tools,
@@ -165,7 +176,11 @@ impl Runtime {
             &options.predicates,
             &options.interpreter,
         )?;
-        let models = crate::live::build_clients(&compiled, &options.interpreter, &*options.env)?;
+        let models = if offline {
+            BTreeMap::new()
+        } else {
+            crate::live::build_clients(&compiled, &options.interpreter, &*options.env)?
+        };
         let spec_json = recorded.to_string();
         Ok(Runtime {
             shared: Arc::new(Shared {
@@ -196,6 +211,26 @@ impl Runtime {
 
     pub fn spec_hash(&self) -> &str {
         &self.shared.spec_hash
+    }
+
+    /// The recorded-spec JSON document this runtime was built from (its hash is
+    /// [`Runtime::spec_hash`]); runs started here store it in the `specs` table.
+    pub fn recorded_spec_json(&self) -> &str {
+        &self.shared.spec_json
+    }
+
+    pub fn interpreter(&self) -> &InterpreterChoice {
+        &self.shared.interpreter
+    }
+
+    /// The id source of this runtime (new run ids, invocation and approval ids).
+    pub fn ids(&self) -> &Arc<dyn IdSource> {
+        &self.shared.ids
+    }
+
+    /// The clock that timestamps this runtime's records.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.shared.clock
     }
 
     fn check_open(&self) -> Result<(), EngineError> {
@@ -656,8 +691,20 @@ impl Runtime {
     /// Re-drives the run against this runtime's spec and code without acting live;
     /// the first differing command is a `NonDeterminism` error.
     pub async fn verify(&self, run_id: &str) -> Result<(), EngineError> {
+        self.verify_with(run_id, false).await
+    }
+
+    /// [`Runtime::verify`]; with `allow_spec_change` a run recorded under another spec
+    /// is re-driven anyway and only the command-level check applies (as for `resume`).
+    pub async fn verify_with(
+        &self,
+        run_id: &str,
+        allow_spec_change: bool,
+    ) -> Result<(), EngineError> {
         let (run, _) = self.run_of_tenant(run_id)?;
-        self.check_spec(run_id, run)?;
+        if !allow_spec_change {
+            self.check_spec(run_id, run)?;
+        }
         let recorded = self.shared.store.records(run, 1)?;
         let journal = RunJournal::new_recorded(
             self.shared.store.clone(),

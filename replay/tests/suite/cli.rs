@@ -1,0 +1,250 @@
+//! The `flowai` command over a store with completed, failed and suspended runs.
+
+use std::path::Path;
+
+use flowai_storage::{Store, StoreOptions};
+use serde_json::{Value, json};
+
+use crate::goldens::{search_host, specialist_setup};
+use crate::support::*;
+
+/// Runs the command through the library; returns (exit code, stdout, stderr).
+fn flowai(args: &[&str]) -> (i32, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut all = vec!["flowai"];
+    all.extend_from_slice(args);
+    let code = flowai_replay::run_with_io(all, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8(out).expect("utf-8"),
+        String::from_utf8(err).expect("utf-8"),
+    )
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: String,
+    completed: String,
+    failed: String,
+    suspended: String,
+    approval: String,
+}
+
+/// A store with three runs of tenant `acme`: completed, failed, suspended at an approval.
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cli.redb");
+    let store = Store::open(&path, StoreOptions::default()).expect("store");
+    let mut setup = specialist_setup();
+    setup.tools.push(host_tool(
+        "specialist",
+        "publish",
+        json!({"type": "object"}),
+        json!({"kind": "always"}),
+    ));
+    let host = search_host().simple("publish", |_| json!({"published": true}));
+    let built = setup.build(host, store.clone());
+    let script = json!({"script": [{"tool": "search", "args": {"q": "lamps"}}]}).to_string();
+    let mut s = built
+        .runtime
+        .run_specialist("specialist", &script, Some("t1"), None)
+        .expect("run");
+    collect(&mut s).await;
+    let completed = s.run_id().to_owned();
+    let mut s = built
+        .runtime
+        .run_specialist("nobody", "x", Some("t2"), None)
+        .expect("run");
+    collect(&mut s).await;
+    let failed = s.run_id().to_owned();
+    let publish = json!({"tool": "publish", "args": {}}).to_string();
+    let mut s = built
+        .runtime
+        .run_specialist("specialist", &publish, Some("t3"), None)
+        .expect("run");
+    let (_, approval) = until_approval(&mut s).await;
+    let suspended = s.run_id().to_owned();
+    drop(s);
+    built.runtime.close().expect("close");
+    store.close().expect("close");
+    Fixture {
+        path: path.display().to_string(),
+        _dir: dir,
+        completed,
+        failed,
+        suspended,
+        approval,
+    }
+}
+
+fn lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_commands_show_runs_records_and_streams() {
+    let f = fixture().await;
+    let p = f.path.as_str();
+
+    let (code, out, _) = flowai(&["runs", p]);
+    assert_eq!(code, 0);
+    for run in [&f.completed, &f.failed, &f.suspended] {
+        assert!(out.contains(run.as_str()), "{out}");
+    }
+    let (code, out, _) = flowai(&["runs", p, "--json"]);
+    assert_eq!(code, 0);
+    let runs = lines(&out);
+    assert_eq!(runs.len(), 3);
+    let keys: Vec<&String> = runs[0].as_object().unwrap().keys().collect();
+    let mut expected = [
+        "agent",
+        "createdAt",
+        "pendingApprovals",
+        "records",
+        "runId",
+        "status",
+        "threadId",
+        "updatedAt",
+    ];
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "exactly the §9.2 run dict");
+    // Newest first.
+    assert_eq!(runs[0]["runId"], f.suspended.as_str());
+    assert_eq!(runs[0]["pendingApprovals"], json!([f.approval]));
+    let (_, out, _) = flowai(&["runs", p, "--status", "failed", "--json"]);
+    assert_eq!(lines(&out).len(), 1);
+    let (_, out, _) = flowai(&["runs", p, "--tenant", "other", "--json"]);
+    assert!(out.is_empty());
+
+    let (code, out, _) = flowai(&["show", p, &f.completed]);
+    assert_eq!(code, 0);
+    assert!(out.contains("status       completed"), "{out}");
+    assert!(out.contains("search"), "{out}");
+    let (_, out, _) = flowai(&["show", p, &f.failed, "--json"]);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["status"], "failed");
+    assert_eq!(shown["error"], "specialist 'nobody' not found");
+    let (_, out, _) = flowai(&["show", p, &f.suspended, "--json"]);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["pendingApprovals"], json!([f.approval]));
+    assert_eq!(shown["approvals"][0]["target"], "publish");
+    assert_eq!(shown["approvals"][0]["outcome"], Value::Null);
+    assert_eq!(shown["toolCalls"][0]["status"], "open");
+    let (_, out, _) = flowai(&["show", p, &f.completed, "--json"]);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["toolCalls"][0]["status"], "ok");
+    assert_eq!(shown["toolCalls"][0]["attempts"], 1);
+
+    let store = Store::open_read_only(Path::new(p)).unwrap();
+    let run = f.completed.parse().unwrap();
+    let records = flowai_runtime::journal_entries(&store, run, 0).unwrap();
+    let (code, out, _) = flowai(&["journal", p, &f.completed]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), records.len());
+    assert!(out.lines().next().unwrap().contains("RunStarted"));
+    let (_, journal_json, _) = flowai(&["journal", p, &f.completed, "--json"]);
+    let (code, export, _) = flowai(&["export", p, &f.completed]);
+    assert_eq!(code, 0);
+    assert_eq!(journal_json, export);
+    let exported = lines(&export);
+    assert_eq!(exported.len(), records.len());
+    for (line, record) in exported.iter().zip(&records) {
+        assert_eq!(line, &record.to_json());
+        let keys: Vec<&String> = line.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["at", "data", "kind", "seq"]);
+    }
+    let (_, since, _) = flowai(&["journal", p, &f.completed, "--json", "--since", "2"]);
+    assert_eq!(lines(&since)[0]["seq"], 3);
+
+    let (code, out, _) = flowai(&["replay", p, &f.completed]);
+    assert_eq!(code, 0);
+    let replayed = event_values(&flowai_runtime::replay_events(&store, run).unwrap());
+    assert_eq!(lines(&out), replayed);
+    assert_eq!(replayed.last().unwrap()["type"], "tool-agent");
+
+    // verify checks the finished runs only; the suspended one on request.
+    let (code, out, err) = flowai(&["verify", p]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verified 2 runs: 2 ok, 0 failed"), "{out}");
+    let (code, out, _) = flowai(&["verify", p, &f.suspended]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes() {
+    let f = fixture().await;
+    let p = f.path.as_str();
+    let (code, _, err) = flowai(&["show", "/nonexistent/x.redb", &f.completed]);
+    assert_eq!(code, 3);
+    assert!(err.contains("/nonexistent/x.redb"), "{err}");
+    let (code, _, err) = flowai(&["show", p, "not-a-ulid"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("run id must be a ULID: not-a-ulid"), "{err}");
+    let (code, _, err) = flowai(&["show", p, "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("run not found: 01ARZ3NDEKTSV4RRFFQ69G5FAV"),
+        "{err}"
+    );
+    let (code, _, _) = flowai(&["frobnicate"]);
+    assert_eq!(code, 2);
+    let (code, out, _) = flowai(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("verify"));
+    let (code, _, err) = flowai(&["verify", p, "--spec", "/nonexistent/spec.json"]);
+    assert_eq!(code, 2, "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.redb");
+    std::fs::write(&garbage, vec![0x5a_u8; 8192]).unwrap();
+    let (code, _, err) = flowai(&["runs", garbage.to_str().unwrap()]);
+    assert_eq!(code, 4, "{err}");
+
+    let (code, out, _) = flowai(&["gc", p]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "removed 0 expired references");
+    let (code, _, _) = flowai(&["gc", "/nonexistent/x.redb"]);
+    assert_eq!(code, 3);
+    assert!(!Path::new("/nonexistent/x.redb").exists());
+}
+
+/// A writer in this process holds the file: the binary (another process) gets exit 3
+/// naming the path and `shared_reads`, unless the writer opened it with `shared_reads`.
+#[test]
+fn locked_store_needs_shared_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("held.redb");
+    let bin = env!("CARGO_BIN_EXE_flowai");
+    {
+        let _held = Store::open(&path, StoreOptions::default()).unwrap();
+        let out = std::process::Command::new(bin)
+            .args(["runs".as_ref(), path.as_os_str()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let canonical = std::fs::canonicalize(&path).unwrap();
+        assert!(err.contains(&canonical.display().to_string()), "{err}");
+        assert!(err.contains("shared_reads"), "{err}");
+    }
+    let _held = Store::open(
+        &path,
+        StoreOptions {
+            shared_reads: true,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["runs".as_ref(), path.as_os_str(), "--json".as_ref()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
