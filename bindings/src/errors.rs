@@ -59,3 +59,13 @@ pub(crate) fn engine_error(error: EngineError) -> PyErr {
         other => FlowAIError::new_err(other.to_string()),
     }
 }
+
+/// Fork errors (API.md §9.4): argument and lookup problems are `ValueError`s.
+pub(crate) fn fork_error(error: flowai_replay::ForkError) -> PyErr {
+    use flowai_replay::ForkError;
+    match error {
+        ForkError::Store(ref store) => store_error(store),
+        ForkError::Engine(engine) => engine_error(engine),
+        other => FlowAIValueError::new_err(other.to_string()),
+    }
+}

@@ -33,11 +33,19 @@ fn describe_role_default_tools(agent_json: &str) -> PyResult<String> {
     flowai_runtime::describe_role_default_tools(agent_json).map_err(|e| errors::spec_error(&e))
 }
 
+/// Runs the `flowai` command with `args` (without the program name); returns its exit
+/// code (API.md §9.6). Output goes to the process's stdout and stderr.
+#[pyfunction]
+fn cli_main(py: Python<'_>, args: Vec<String>) -> i32 {
+    py.detach(move || flowai_replay::cli_main(std::iter::once(String::from("flowai")).chain(args)))
+}
+
 #[pymodule]
 fn _internal(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(describe_toolkit_tools, m)?)?;
     m.add_function(wrap_pyfunction!(describe_role_default_tools, m)?)?;
     m.add_function(wrap_pyfunction!(store::open_store, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_class::<runtime::PyRuntime>()?;
     m.add_class::<stream::PyRuntimeEventStream>()?;
     m.add_class::<stream::ReplayStream>()?;

@@ -418,6 +418,21 @@ impl PyRuntime {
         ))
     }
 
+    /// A new run from the first `at_seq` records of `run_id` (optionally with a new entry
+    /// prompt); it starts `interrupted` and continues on `resume` (API.md §9.4).
+    #[pyo3(signature = (run_id, *, at_seq, prompt = None))]
+    fn fork(
+        &self,
+        py: Python<'_>,
+        run_id: &str,
+        at_seq: u64,
+        prompt: Option<&str>,
+    ) -> PyResult<String> {
+        let runtime = self.runtime.clone();
+        py.detach(|| flowai_replay::fork(&runtime, run_id, at_seq, prompt))
+            .map_err(errors::fork_error)
+    }
+
     /// Cancels a run durably (its pending approvals are resolved as cancelled).
     fn cancel(&self, py: Python<'_>, run_id: String) -> PyResult<()> {
         let runtime = self.runtime.clone();

@@ -415,3 +415,68 @@ def test_closing_a_runtime_interrupts_its_runs_and_keeps_gated_ones_suspended(fl
     reopened = flow.runtime(path)
     assert reopened.run(stream.run_id)["status"] == "suspended"
     reopened.close()
+
+
+def test_fork_asks_the_gate_again_and_leaves_the_original(flow: ModuleType, tmp_path: Path) -> None:
+    runtime = flow.runtime(str(tmp_path / "fork.redb"))
+    stream = runtime.query(flow.SCRIPT, "thread-1")
+    original = answer_all(runtime, stream)
+    journal = runtime.journal(stream.run_id)
+    decided = next(j["seq"] for j in journal if j["kind"] == "ApprovalDecided")
+    forked = runtime.fork(stream.run_id, at_seq=decided - 1)
+    assert forked != stream.run_id
+    assert runtime.run(forked)["status"] == "interrupted"
+    assert forked in [r["runId"] for r in runtime.pending()]
+    first = runtime.journal(forked)[0]
+    assert first["kind"] == "RunStarted" and first["data"]["parent"]["seq"] == decided - 1
+    flow.CALLS.clear()
+    events = answer_all(runtime, runtime.resume(forked))
+    asked = [e["data"]["id"] for e in events if e["type"] == "approval-required"]
+    old = next(e["data"]["id"] for e in original if e["type"] == "approval-required")
+    assert len(asked) == 1 and asked != [old]
+    assert [c[0] for c in flow.CALLS] == ["apply"]
+    assert runtime.run(forked)["status"] == "completed"
+    assert runtime.journal(stream.run_id) == journal
+
+    with pytest.raises(ValueError, match="at_seq must be between 1 and"):
+        runtime.fork(stream.run_id, at_seq=len(journal) + 1)
+    model_request = next(j["seq"] for j in journal if j["kind"] == "ModelResponded")
+    with pytest.raises(ValueError, match="fork with a new prompt must cut before seq"):
+        runtime.fork(stream.run_id, at_seq=model_request, prompt="{}")
+    with_prompt = runtime.fork(stream.run_id, at_seq=1, prompt="plain text")
+    events = drain(runtime.resume(with_prompt))
+    assert {"type": "text", "text": "plain text"} in events
+    runtime.close()
+
+
+def test_flowai_command_from_python(flow: ModuleType, tmp_path: Path) -> None:
+    path = str(tmp_path / "cli.redb")
+    runtime = flow.runtime(path)
+    stream = runtime.query(flow.SCRIPT, "thread-1")
+    answer_all(runtime, stream)
+    # Held for writing by this process without shared_reads: a read-only tool is refused.
+    held = subprocess.run(
+        [sys.executable, "-m", "flowai_harness._cli", "runs", path], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert held.returncode == 3, held.stderr
+    runtime.close()
+    shown = subprocess.run(
+        [sys.executable, "-m", "flowai_harness._cli", "show", path, stream.run_id],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert stream.run_id in shown.stdout
+    exported = subprocess.run(
+        [sys.executable, "-m", "flowai_harness._cli", "export", path, stream.run_id],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert exported.returncode == 0, exported.stderr
+    records = [json.loads(line) for line in exported.stdout.splitlines()]
+    with flow.runtime(path) as reopened:
+        assert records == reopened.journal(stream.run_id)

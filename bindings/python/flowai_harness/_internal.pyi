@@ -12,6 +12,7 @@ __all__ = [
     "Store",
     "ToolCallRuntime",
     "describe_role_default_tools",
+    "cli_main",
     "describe_toolkit_tools",
     "open_store",
 ]
@@ -21,6 +22,9 @@ def describe_toolkit_tools(toolkit_json: str, agent_json: str) -> str:
 
 def describe_role_default_tools(agent_json: str) -> str:
     """JSON list of ``{name, description, input_schema}``: the agent's role-default built-ins."""
+
+def cli_main(args: list[str]) -> int:
+    """Run the ``flowai`` command (arguments without the program name); returns the exit code."""
 
 def open_store(path: str | os.PathLike[str], *, durability: str = "immediate", shared_reads: bool = False) -> Store:
     """Open (or join, if this process holds it) a durable store file (API.md §9.1)."""
@@ -108,6 +112,7 @@ class PyRuntime:
     def pending(self) -> list[dict[str, Any]]: ...
     def resume(self, run_id: str, *, allow_spec_change: bool = False) -> PyRuntimeEventStream: ...
     def replay(self, run_id: str, *, verify: bool = True) -> ReplayStream: ...
+    def fork(self, run_id: str, *, at_seq: int, prompt: str | None = None) -> str: ...
     def cancel(self, run_id: str) -> None: ...
     def gc(self) -> int: ...
     def close(self) -> None: ...
