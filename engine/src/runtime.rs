@@ -104,6 +104,16 @@ impl RunStream {
         }
     }
 
+    /// The next event if one is buffered right now; never waits. `None` means "nothing
+    /// buffered", not the end of the stream: call [`RunStream::next`] then. Starts the
+    /// run like `next` does.
+    pub fn try_next_buffered(&mut self) -> Option<Event> {
+        if let Some(start) = self.start.take() {
+            start(self.cancel_before_start);
+        }
+        self.rx.as_mut()?.try_recv().ok()
+    }
+
     /// Cancels the run durably (before or after it started).
     pub fn cancel(&mut self) {
         if self.start.is_some() {
