@@ -9,11 +9,13 @@ use pyo3::exceptions::{PyStopAsyncIteration, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
+use pyo3_async_runtimes::TaskLocals;
 
 use crate::host::PyHost;
 use crate::{convert, errors, python};
 
 static NEXT_EVENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// An awaitable whose result (or exception) is known already: awaiting it does not
 /// go through the event loop.
@@ -67,6 +69,8 @@ pub(crate) struct PyRuntimeEventStream {
     hooks: Py<PyTuple>,
     runtime: Runtime,
     finished: Arc<AtomicBool>,
+    /// The loop the last `__anext__` ran on.
+    last_loop: Mutex<Option<Py<PyAny>>>,
     /// The `PyRuntime` this stream belongs to, kept alive while the stream is.
     _owner: Py<PyAny>,
 }
@@ -86,8 +90,35 @@ impl PyRuntimeEventStream {
             hooks,
             runtime,
             finished: Arc::new(AtomicBool::new(false)),
+            last_loop: Mutex::new(None),
             _owner: owner,
         }
+    }
+}
+
+impl PyRuntimeEventStream {
+    /// Makes the running loop the one this run's async callbacks use (API.md §2.4).
+    fn register_loop(&self, py: Python<'_>) -> PyResult<()> {
+        let running = GET_RUNNING_LOOP
+            .import(py, "asyncio", "get_running_loop")?
+            .call0()?;
+        let mut last = self.last_loop.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref().is_some_and(|l| l.bind(py).is(&running)) {
+            return Ok(());
+        }
+        let locals = TaskLocals::new(running.clone()).copy_context(py)?;
+        self.host.set_loop(&self.run_id, locals);
+        *last = Some(running.unbind());
+        Ok(())
+    }
+
+    /// The event as a dict, after the hooks have seen it (in order; an exception propagates).
+    fn deliver(&self, py: Python<'_>, text: &str) -> PyResult<Py<PyAny>> {
+        let event = convert::loads(py, text)?;
+        for hook in self.hooks.bind(py).iter() {
+            hook.call1((&event,))?;
+        }
+        Ok(event.unbind())
     }
 }
 
@@ -108,8 +139,16 @@ impl PyRuntimeEventStream {
             let ready = Ready::new(Err(PyStopAsyncIteration::new_err(())));
             return Ok(Bound::new(py, ready)?.into_any());
         }
-        let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
-        self.host.set_loop(&self.run_id, locals);
+        self.register_loop(py)?;
+        // Fast path: an event is buffered already; no thread hop, no loop round trip.
+        let buffered = match self.inner.try_lock() {
+            Ok(mut stream) => stream.try_next_buffered(),
+            Err(_) => None,
+        };
+        if let Some(event) = buffered {
+            let outcome = self.deliver(py, event.as_str());
+            return Ok(Bound::new(py, Ready::new(outcome))?.into_any());
+        }
         let inner = Arc::clone(&self.inner);
         let finished = Arc::clone(&self.finished);
         let host = Arc::clone(&self.host);
@@ -153,7 +192,13 @@ impl PyRuntimeEventStream {
 
 impl Drop for PyRuntimeEventStream {
     fn drop(&mut self) {
-        Python::attach(|_| self.host.clear_loop(&self.run_id));
+        Python::attach(|_| {
+            self.host.clear_loop(&self.run_id);
+            self.last_loop
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        });
     }
 }
 
