@@ -217,7 +217,7 @@ def plan_runtime(dispatcher: Any, plans: str = "always") -> Any:
             define_executor("executor", model="claude-sonnet-4-6", prompt="e", plan=plan),
         ],
         references=[PRODUCTS],
-        approval_policies=ApprovalPolicies(plans=plans, tools="never"),
+        approval_policies=ApprovalPolicies(plans={"kind": plans}, tools={"kind": "never"}),
         providers=PROVIDERS,
     )
     return create_runtime(spec, interpreter="scripted", action_dispatcher=dispatcher)

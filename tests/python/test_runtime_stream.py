@@ -141,7 +141,7 @@ def plan_runtime(**kwargs: Any) -> Any:
             define_planner("planner", model="claude-sonnet-4-6", prompt="p", plan=plan),
             define_executor("executor", model="claude-sonnet-4-6", prompt="e", plan=plan),
         ],
-        approval_policies=ApprovalPolicies(plans="never", tools="never"),
+        approval_policies=ApprovalPolicies(plans={"kind": "never"}, tools={"kind": "never"}),
         providers=PROVIDERS,
     )
     return create_runtime(spec, interpreter="scripted", **kwargs)
