@@ -32,7 +32,14 @@ import timeit
 from pathlib import Path
 from typing import Any
 
-from flowai_harness import create_runtime, define_runtime, define_specialist, define_tenant, define_tool
+from flowai_harness import (
+    create_runtime,
+    define_reference,
+    define_runtime,
+    define_specialist,
+    define_tenant,
+    define_tool,
+)
 from flowai_harness.context import ToolContext
 
 
@@ -45,17 +52,24 @@ async def noop_async(args: dict[str, Any], ctx: Any) -> int:
 
 
 def build_runtime(handler: Any, store: Any) -> Any:
-    tool = define_tool("noop", {"i": int}, description="Does nothing.")(handler)
-    spec = define_runtime(
-        define_tenant("bench", "v1"),
-        agents=[define_specialist("bench", model="claude-sonnet-4-6", prompt="Benchmark.", tools=[tool])],
-        providers={"anthropic": {"apiKey": "unused"}},
-    )
+    if handler is None:
+        # Baseline: the built-in getPlan (Rust) instead of a Python tool.
+        agent = define_specialist("bench", model="claude-sonnet-4-6", prompt="Benchmark.", toolkits=["plans"])
+    else:
+        tool = define_tool("noop", {"i": int}, description="Does nothing.")(handler)
+        agent = define_specialist("bench", model="claude-sonnet-4-6", prompt="Benchmark.", tools=[tool])
+    spec = define_runtime(define_tenant("bench", "v1"), agents=[agent], providers={"anthropic": {"apiKey": "unused"}})
     return create_runtime(spec, interpreter="scripted", store=store)
 
 
-def one_run(runtime: Any, steps: int) -> float:
-    script = json.dumps({"script": [{"tool": "noop", "args": {"i": n}} for n in range(steps)]})
+def step_call(handler: Any, n: int) -> dict[str, Any]:
+    if handler is None:
+        return {"tool": "getPlan", "args": {"planId": f"p-{n}"}}
+    return {"tool": "noop", "args": {"i": n}}
+
+
+def one_run(runtime: Any, steps: int, handler: Any) -> float:
+    script = json.dumps({"script": [step_call(handler, n) for n in range(steps)]})
 
     async def drain() -> tuple[float, int]:
         stream = runtime.run_specialist("bench", script, "bench-thread")
@@ -90,17 +104,55 @@ def handler_cost(handler: Any, is_async: bool) -> float:
     return min(timeit.repeat(lambda: handler(args, ctx), number=n, repeat=5)) / n * 1e6
 
 
+def commit_round_trip(store: Any, n: int = 1000) -> float:
+    """µs of one store commit as the engine waits for it before each host call (estimate).
+
+    ``create_reference`` is one commit behind an awaitable, ``resolve_reference`` the same
+    awaitable without a commit; the difference is the commit round trip through the
+    store's writer thread.
+    """
+    spec = define_runtime(
+        define_tenant("bench", "v1"),
+        agents=[define_specialist("bench", model="claude-sonnet-4-6", prompt="Benchmark.")],
+        references=[define_reference("Blob", {"type": "object"})],
+        providers={"anthropic": {"apiKey": "unused"}},
+    )
+    runtime = create_runtime(spec, store=store)
+
+    async def timed() -> tuple[float, float]:
+        started = time.perf_counter()
+        for i in range(n):
+            await runtime.create_reference("Blob", {"i": i})
+        created = time.perf_counter() - started
+        ref = await runtime.create_reference("Blob", {"i": 0})
+        started = time.perf_counter()
+        for _ in range(n):
+            await runtime.resolve_reference(ref)
+        return created, time.perf_counter() - started
+
+    created, resolved = asyncio.run(timed())
+    runtime.close()
+    return (created - resolved) / n * 1e6
+
+
 def measure(steps: int, repeat: int) -> list[dict[str, Any]]:
     rows = []
+    commits: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for store_name in ("memory", "file (immediate)"):
-            for mode, handler in (("sync", noop_sync), ("async", noop_async)):
+            modes: list[tuple[str, Any]] = [("sync", noop_sync), ("async", noop_async), ("none: built-in getPlan", None)]
+            for mode, handler in modes:
                 store = None if store_name == "memory" else str(Path(tmp) / f"bench-{mode}.redb")
                 runtime = build_runtime(handler, store)
-                one_run(runtime, min(steps, 200))  # warm up
-                best = min(one_run(runtime, steps) for _ in range(repeat))
+                one_run(runtime, min(steps, 200), handler)  # warm up
+                best = min(one_run(runtime, steps, handler) for _ in range(repeat))
                 runtime.close()
-                own = handler_cost(handler, mode == "async")
+                own = 0.0 if handler is None else handler_cost(handler, mode == "async")
+                if handler is None:
+                    commit_store = None if store is None else str(Path(tmp) / "bench-commit.redb")
+                    commit = commit_round_trip(commit_store)
+                    print(f"{store_name:<17} one store commit round trip (estimate): {commit:.1f} µs", flush=True)
+                    commits[store_name] = commit
                 per_step = best / steps * 1e6
                 rows.append(
                     {
@@ -114,9 +166,11 @@ def measure(steps: int, repeat: int) -> list[dict[str, Any]]:
                     }
                 )
                 print(
-                    f"{store_name:<17} {mode:<5} {per_step:9.1f} µs/step  handler {own:6.2f} µs  beyond handler {per_step - own:9.1f} µs",
+                    f"{store_name:<17} {mode:<22} {per_step:9.1f} µs/step  handler {own:6.2f} µs  beyond handler {per_step - own:9.1f} µs",
                     flush=True,
                 )
+    for row in rows:
+        row["commit_us"] = commits.get(row["store"], 0.0)
     return rows
 
 
@@ -151,20 +205,22 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], command: str) -> None
         "(`bench/python_overhead.py`). A step = one tool call: its journal records, the",
         "handler call through the Python host (tool context from the facade, JSON both",
         "ways) and three stream events delivered to an `async for` consumer. \"Beyond",
-        "handler\" subtracts the cost of calling the same no-op handler directly.",
+        "handler\" subtracts the cost of calling the same no-op handler directly. The",
+        "\"built-in getPlan\" rows run the same script shape against a Rust built-in tool:",
+        "the engine, journal and event delivery without a Python handler.",
         "",
         f"- command: `{command}`",
-        f"- machine: {machine()}",
+        f"- machine: {machine()}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end",
         f"- native module: {build_profile()}",
         f"- commit: {commit}, {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         "",
-        "| store | handler | steps | total (s) | µs/step | handler µs | µs/step beyond handler |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| store | handler | steps | total (s) | µs/step | handler µs | µs/step beyond handler | store commit µs (estimate) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         lines.append(
             f"| {row['store']} | {row['handler']} | {row['steps']} | {row['total_s']:.3f} | "
-            f"{row['us_per_step']:.1f} | {row['handler_us']:.2f} | {row['overhead_us']:.1f} |"
+            f"{row['us_per_step']:.1f} | {row['handler_us']:.2f} | {row['overhead_us']:.1f} | {row['commit_us']:.1f} |"
         )
     lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
