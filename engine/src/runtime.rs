@@ -137,6 +137,16 @@ impl RunStream {
         }
     }
 
+    /// The next event if one is buffered right now; never waits. `None` means "nothing
+    /// buffered", not the end of the stream: call [`RunStream::next`] then. Starts the
+    /// run like `next` does.
+    pub fn try_next_buffered(&mut self) -> Option<Event> {
+        if let Some(start) = self.start.take() {
+            start(self.cancel_before_start);
+        }
+        self.rx.as_mut()?.try_recv().ok()
+    }
+
     /// Cancels the run durably (before or after it started).
     pub fn cancel(&mut self) {
         if self.start.is_some() {
@@ -923,7 +933,7 @@ impl Runtime {
             if let Some(info) = self.shared.store.run(run)?
                 && info.meta.status == RunStatus::Running
             {
-                self.shared.store.append_blocking(AppendRequest {
+                let marked = self.shared.store.append_blocking(AppendRequest {
                     run: None,
                     index_updates: vec![IndexUpdate::SetRunStatus {
                         run_id: run,
@@ -931,7 +941,12 @@ impl Runtime {
                         at_ms: self.shared.clock.now_ms(),
                     }],
                     precondition: Precondition::RunStatusIn(run, vec![RunStatus::Running]),
-                })?;
+                });
+                match marked {
+                    // The run finished (or suspended) between the check and the append.
+                    Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         Ok(())

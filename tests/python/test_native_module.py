@@ -31,7 +31,7 @@ def test_stub_names_exist_natively_with_matching_parameters() -> None:
     for name, node in functions.items():
         native = getattr(internal, name, None)
         assert callable(native), name
-        expected = [arg.arg for arg in node.args.args]
+        expected = [arg.arg for arg in node.args.args + node.args.kwonlyargs]
         assert list(inspect.signature(native).parameters) == expected, name
 
 

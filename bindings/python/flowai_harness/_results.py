@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["handler_error_json", "split_tool_result"]
+__all__ = ["handler_error_json", "split_tool_result", "to_json_text"]
 
 # Keys a handler may return for the UI channel; they are never part of the recorded result.
 _FLOW_UI_KEY = "approvalDsl"
@@ -45,3 +45,18 @@ def split_tool_result(value: Any) -> tuple[str, str | None, str | None]:
 def handler_error_json(error: BaseException) -> str:
     """The error result of a handler that raised: ``{"error": "<ExcType>: <message>"}``."""
     return json.dumps({"error": f"{type(error).__name__}: {error}"})
+
+
+def _dump_model(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def to_json_text(value: Any) -> str:
+    """JSON text of a callback's value; pydantic models (also nested) are model_dumped.
+
+    The native runtime records this text; a value that is not JSON-serializable (or
+    holds NaN/infinity) raises ``TypeError``/``ValueError``.
+    """
+    return json.dumps(value, default=_dump_model, allow_nan=False)

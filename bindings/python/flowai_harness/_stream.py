@@ -1,0 +1,33 @@
+"""The Python half of the native event stream's ``__anext__`` (API.md §2.4).
+
+The native stream waits for the next event off the event loop; this coroutine then
+turns the event's JSON text into a dict and runs the ``event_hooks`` on the loop
+thread, in order, before the event is yielded (a hook exception propagates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+__all__ = ["next_event", "resolve"]
+
+
+async def next_event(pending: Awaitable[str], hooks: Sequence[Callable[[dict[str, Any]], Any]]) -> dict[str, Any]:
+    """The next event dict of a stream, after the hooks have seen it."""
+    event: dict[str, Any] = json.loads(await pending)
+    for hook in hooks:
+        hook(event)
+    return event
+
+
+def resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """Settles a native awaitable on its loop (unless it was cancelled meanwhile)."""
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)

@@ -1,0 +1,327 @@
+//! The engine's [`Host`] over Python callbacks (API.md §2.6, §5.6, §7).
+//!
+//! Callbacks run with the GIL taken only for the call itself. A coroutine a callback
+//! returns runs on the asyncio loop that last awaited the run's stream (registered by
+//! the stream on every `__anext__`); its result is awaited here without the GIL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use flowai_runtime::{
+    CreatedReference, DispatchContext, Host, HostToolCall, HostToolOutcome, PredicateContext,
+    Runtime,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+use pyo3_async_runtimes::TaskLocals;
+use serde_json::Value;
+
+use crate::references::ToolCallRuntime;
+use crate::{convert, python};
+
+pub(crate) const NO_LOOP: &str =
+    "async Python callback requires the runtime stream to be iterated from asyncio";
+
+/// The Python side of one runtime.
+pub(crate) struct PyHost {
+    /// Handler per binding key.
+    tools: HashMap<String, Callback>,
+    predicates: HashMap<String, Py<PyAny>>,
+    dispatcher: Option<Callback>,
+    tool_context_factory: Py<PyAny>,
+    dispatch_context_factory: Py<PyAny>,
+    /// The asyncio loop (and context) each run's stream was last awaited from.
+    loops: Mutex<HashMap<String, TaskLocals>>,
+    /// The engine runtime, for references created through a tool context. Set after
+    /// construction, cleared on close (it would otherwise keep the runtime alive).
+    runtime: Mutex<Option<Runtime>>,
+}
+
+/// A host callable, and whether it is an `async def` (calling it only makes a
+/// coroutine, so it never blocks the calling thread).
+pub(crate) struct Callback {
+    func: Py<PyAny>,
+    coroutine_function: bool,
+}
+
+impl Callback {
+    pub(crate) fn new(func: Bound<'_, PyAny>) -> PyResult<Callback> {
+        let coroutine_function = convert::is_coroutine_function(&func)?;
+        Ok(Callback {
+            func: func.unbind(),
+            coroutine_function,
+        })
+    }
+}
+
+/// A callback's return value: ready, or a coroutine running on an asyncio loop.
+enum Returned {
+    Ready(Value),
+    Pending(std::pin::Pin<Box<dyn std::future::Future<Output = PyResult<Py<PyAny>>> + Send>>),
+}
+
+impl PyHost {
+    pub(crate) fn new(
+        tools: HashMap<String, Callback>,
+        predicates: HashMap<String, Py<PyAny>>,
+        dispatcher: Option<Callback>,
+        tool_context_factory: Py<PyAny>,
+        dispatch_context_factory: Py<PyAny>,
+    ) -> PyHost {
+        PyHost {
+            tools,
+            predicates,
+            dispatcher,
+            tool_context_factory,
+            dispatch_context_factory,
+            loops: Mutex::new(HashMap::new()),
+            runtime: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn set_runtime(&self, runtime: Option<Runtime>) {
+        *self.runtime.lock().unwrap_or_else(|p| p.into_inner()) = runtime;
+    }
+
+    fn runtime(&self) -> Option<Runtime> {
+        self.runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records the loop a run's stream is being awaited from (call with the GIL held).
+    pub(crate) fn set_loop(&self, run_id: &str, locals: TaskLocals) {
+        let old = self
+            .loops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run_id.to_owned(), locals);
+        drop(old);
+    }
+
+    /// Forgets a run's loop (call with the GIL held).
+    pub(crate) fn clear_loop(&self, run_id: &str) {
+        let old = self
+            .loops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(run_id);
+        drop(old);
+    }
+
+    fn loop_of(&self, run_id: &str) -> Option<TaskLocals> {
+        self.loops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .cloned()
+    }
+
+    /// Interprets what a callback returned: a coroutine is scheduled on the run's loop.
+    fn returned(&self, value: Bound<'_, PyAny>, run_id: &str) -> Result<Returned, String> {
+        let py = value.py();
+        match convert::is_awaitable(&value) {
+            Ok(true) => {
+                let Some(locals) = self.loop_of(run_id) else {
+                    close_unawaited(&value);
+                    return Err(String::from(NO_LOOP));
+                };
+                let future = pyo3_async_runtimes::into_future_with_locals(&locals, value)
+                    .map_err(|e| convert::exception_text(py, &e))?;
+                Ok(Returned::Pending(Box::pin(future)))
+            }
+            Ok(false) => convert::to_json(&value)
+                .map(Returned::Ready)
+                .map_err(|e| convert::exception_text(py, &e)),
+            Err(e) => Err(convert::exception_text(py, &e)),
+        }
+    }
+
+    async fn settle(returned: Returned) -> Result<Value, String> {
+        match returned {
+            Returned::Ready(value) => Ok(value),
+            Returned::Pending(future) => {
+                let outcome = future.await;
+                python::with_python(|py| match outcome {
+                    Ok(value) => convert::to_json(value.bind(py))
+                        .map_err(|e| convert::exception_text(py, &e)),
+                    Err(e) => Err(convert::exception_text(py, &e)),
+                })
+                .unwrap_or_else(|| Err(String::from(python::EXITING_TEXT)))
+            }
+        }
+    }
+
+    fn start_tool(
+        &self,
+        call: &HostToolCall,
+        created: &Arc<Mutex<Vec<CreatedReference>>>,
+    ) -> Result<Returned, String> {
+        python::with_python(|py| {
+            let handler = self.tools.get(&call.binding_key).ok_or_else(|| {
+                format!(
+                    "no handler is registered for tool binding '{}'",
+                    call.binding_key
+                )
+            })?;
+            let text = |e: PyErr| convert::exception_text(py, &e);
+            let args = convert::to_py(py, &call.args).map_err(text)?;
+            let proxy = Py::new(
+                py,
+                ToolCallRuntime::new(self.runtime(), Arc::clone(created)),
+            )
+            .map_err(text)?;
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("runtime", proxy).map_err(text)?;
+            kwargs
+                .set_item("tool_use_id", &call.ctx.tool_use_id)
+                .map_err(text)?;
+            kwargs.set_item("run_id", &call.ctx.run_id).map_err(text)?;
+            kwargs
+                .set_item("idempotency_key", &call.ctx.idempotency_key)
+                .map_err(text)?;
+            kwargs.set_item("attempt", call.ctx.attempt).map_err(text)?;
+            let ctx = self
+                .tool_context_factory
+                .bind(py)
+                .call((), Some(&kwargs))
+                .map_err(text)?;
+            let value = handler.func.bind(py).call1((args, ctx)).map_err(text)?;
+            self.returned(value, &call.ctx.run_id)
+        })
+        .unwrap_or_else(|| Err(String::from(python::EXITING_TEXT)))
+    }
+
+    fn start_dispatch(&self, actions: &Value, ctx: &DispatchContext) -> Result<Returned, String> {
+        python::with_python(|py| {
+            let text = |e: PyErr| convert::exception_text(py, &e);
+            let Some(dispatcher) = &self.dispatcher else {
+                return Ok(Returned::Ready(Value::Null));
+            };
+            let actions = convert::to_py(py, actions).map_err(text)?;
+            let resolved = convert::to_py(py, &ctx.resolved_refs).map_err(text)?;
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("run_id", &ctx.run_id).map_err(text)?;
+            kwargs.set_item("plan_id", &ctx.plan_id).map_err(text)?;
+            kwargs
+                .set_item("idempotency_key", &ctx.idempotency_key)
+                .map_err(text)?;
+            kwargs.set_item("attempt", ctx.attempt).map_err(text)?;
+            let py_ctx = self
+                .dispatch_context_factory
+                .bind(py)
+                .call((resolved,), Some(&kwargs))
+                .map_err(text)?;
+            let value = dispatcher
+                .func
+                .bind(py)
+                .call1((actions, py_ctx))
+                .map_err(text)?;
+            self.returned(value, &ctx.run_id)
+        })
+        .unwrap_or_else(|| Err(String::from(python::EXITING_TEXT)))
+    }
+}
+
+/// Closes a coroutine that will never be awaited (avoids "never awaited" warnings).
+fn close_unawaited(value: &Bound<'_, PyAny>) {
+    if value.hasattr("close").unwrap_or(false) {
+        let _ = value.call_method0("close");
+    }
+}
+
+#[async_trait]
+impl Host for PyHost {
+    async fn call_tool(&self, call: HostToolCall) -> HostToolOutcome {
+        let created = Arc::new(Mutex::new(Vec::new()));
+        let blocking = self
+            .tools
+            .get(&call.binding_key)
+            .is_some_and(|h| !h.coroutine_function);
+        let started = if blocking {
+            python::blocking(|| self.start_tool(&call, &created))
+        } else {
+            self.start_tool(&call, &created)
+        };
+        let result = match started {
+            Ok(returned) => Self::settle(returned).await,
+            Err(e) => Err(e),
+        };
+        let created_references =
+            std::mem::take(&mut *created.lock().unwrap_or_else(|p| p.into_inner()));
+        HostToolOutcome {
+            result,
+            created_references,
+        }
+    }
+
+    async fn evaluate_predicate(&self, id: &str, args: &Value, ctx: &PredicateContext) -> bool {
+        python::blocking(|| self.predicate(id, args, ctx))
+    }
+
+    fn has_dispatcher(&self) -> bool {
+        self.dispatcher.is_some()
+    }
+
+    async fn dispatch_actions(
+        &self,
+        actions: Value,
+        ctx: DispatchContext,
+    ) -> Result<Value, String> {
+        let blocking = self
+            .dispatcher
+            .as_ref()
+            .is_some_and(|d| !d.coroutine_function);
+        let returned = if blocking {
+            python::blocking(|| self.start_dispatch(&actions, &ctx))?
+        } else {
+            self.start_dispatch(&actions, &ctx)?
+        };
+        Self::settle(returned).await
+    }
+}
+
+impl PyHost {
+    /// Calls a predicate; a failure or a non-bool answer means approval is required.
+    fn predicate(&self, id: &str, args: &Value, ctx: &PredicateContext) -> bool {
+        python::with_python(|py| {
+            let Some(predicate) = self.predicates.get(id) else {
+                eprintln!(
+                    "flowai: approval predicate '{id}' is not registered; approval is required"
+                );
+                return true;
+            };
+            let call = || -> PyResult<Bound<'_, PyAny>> {
+                let args = convert::to_py(py, args)?;
+                let context = PyDict::new(py);
+                context.set_item("kind", PyString::new(py, &ctx.kind))?;
+                context.set_item("target", PyString::new(py, &ctx.target))?;
+                context.set_item("tenant", PyString::new(py, &ctx.tenant))?;
+                predicate.bind(py).call1((args, context))
+            };
+            match call() {
+                Ok(answer) => match answer.extract::<bool>() {
+                    Ok(required) if answer.is_instance_of::<pyo3::types::PyBool>() => required,
+                    _ => {
+                        let shown = answer
+                            .repr()
+                            .map(|r| r.to_string())
+                            .unwrap_or_else(|_| String::from("<unprintable>"));
+                        eprintln!(
+                            "flowai: approval predicate '{id}' returned {shown}, not a bool; approval is required"
+                        );
+                        true
+                    }
+                },
+                Err(e) => {
+                    eprintln!("flowai: approval predicate '{id}' raised; approval is required:");
+                    e.print(py);
+                    true
+                }
+            }
+        })
+        .unwrap_or(true)
+    }
+}

@@ -1,0 +1,149 @@
+//! Entering Python from native threads, and Rust futures as asyncio awaitables.
+//!
+//! A tokio worker that holds the GIL may have to give it up in the middle of a Python
+//! call (a socket write waking the event loop, a long handler); if the interpreter
+//! starts finalizing meanwhile, that thread can no longer take the GIL back and the
+//! process aborts. So every native-thread entry into Python goes through
+//! [`with_python`], which counts itself, and an `atexit` hook ([`shutdown`]) stops new
+//! entries and waits (with the GIL released) for the running ones before
+//! finalization begins.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use pyo3::BoundObject;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+use crate::convert;
+
+static EXITING: AtomicBool = AtomicBool::new(false);
+static INFLIGHT: Mutex<usize> = Mutex::new(0);
+static IDLE: Condvar = Condvar::new();
+static RESOLVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// How long interpreter exit waits for callbacks that are still running.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// The text of callbacks refused because the interpreter is exiting.
+pub(crate) const EXITING_TEXT: &str = "the Python interpreter is shutting down";
+
+struct Entry;
+
+impl Entry {
+    fn enter() -> Option<Entry> {
+        *INFLIGHT.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        let entry = Entry;
+        if EXITING.load(Ordering::Acquire) {
+            return None; // dropping `entry` gives the count back
+        }
+        Some(entry)
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let mut inflight = INFLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+        *inflight = inflight.saturating_sub(1);
+        if *inflight == 0 {
+            IDLE.notify_all();
+        }
+    }
+}
+
+/// Runs `f` with the GIL from any thread; `None` once the interpreter is exiting.
+pub(crate) fn with_python<R>(f: impl FnOnce(Python<'_>) -> R) -> Option<R> {
+    let _entry = Entry::enter()?;
+    Some(Python::attach(f))
+}
+
+/// Runs `f`, which may block (a synchronous Python callback), so that the tokio
+/// worker it runs on hands its other tasks to another thread meanwhile.
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// The `atexit` hook: no new entries into Python from native threads, and wait for the
+/// running ones (GIL released) so that none is inside Python when finalization starts.
+#[pyfunction]
+pub(crate) fn _shutdown(py: Python<'_>) {
+    EXITING.store(true, Ordering::Release);
+    py.detach(|| {
+        let inflight = INFLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = IDLE.wait_timeout_while(inflight, EXIT_GRACE, |n| *n > 0);
+    });
+}
+
+/// A Python exception value, or the value a future resolved to.
+type Settled = Result<Py<PyAny>, PyErr>;
+
+/// Cancels the Rust side when the asyncio future is cancelled.
+#[pyclass(module = "flowai_harness._internal", frozen)]
+pub(crate) struct AbortOnCancel {
+    task: tokio::task::AbortHandle,
+}
+
+#[pymethods]
+impl AbortOnCancel {
+    fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        if future.call_method0("cancelled")?.is_truthy()? {
+            self.task.abort();
+        }
+        Ok(())
+    }
+}
+
+/// An asyncio future on the running loop that `fut` (run on the native runtime)
+/// resolves; cancelling the asyncio future drops `fut`. Raises `RuntimeError` without
+/// a running loop.
+pub(crate) fn awaitable<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    let event_loop = GET_RUNNING_LOOP
+        .import(py, "asyncio", "get_running_loop")?
+        .call0()?;
+    let future = event_loop.call_method0("create_future")?;
+    let resolve = RESOLVE
+        .import(py, "flowai_harness._stream", "resolve")?
+        .clone()
+        .unbind();
+    let (loop_ref, future_ref) = (event_loop.unbind(), future.clone().unbind());
+    let task = convert::tokio_runtime().spawn(async move {
+        let outcome = fut.await;
+        with_python(|py| {
+            let settled: Settled = outcome.and_then(|value| {
+                value
+                    .into_pyobject(py)
+                    .map(|v| v.into_any().unbind())
+                    .map_err(Into::into)
+            });
+            let (ok, value) = match settled {
+                Ok(value) => (true, value),
+                Err(error) => (false, error.into_value(py).into_any()),
+            };
+            let scheduled = loop_ref.bind(py).call_method1(
+                "call_soon_threadsafe",
+                (resolve.bind(py), future_ref.bind(py), ok, value),
+            );
+            // A closed loop: nobody waits for this result any more.
+            drop(scheduled);
+        });
+    });
+    future.call_method1(
+        "add_done_callback",
+        (AbortOnCancel {
+            task: task.abort_handle(),
+        },),
+    )?;
+    Ok(future)
+}

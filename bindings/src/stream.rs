@@ -1,0 +1,249 @@
+//! The event stream of a run (API.md §2.4, §9.3) and the replay iterator (§9.4).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use flowai_runtime::{RunStream, Runtime};
+use pyo3::exceptions::{PyStopAsyncIteration, PyStopIteration};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
+use pyo3_async_runtimes::TaskLocals;
+
+use crate::host::PyHost;
+use crate::{convert, errors, python};
+
+static NEXT_EVENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// An awaitable whose result (or exception) is known already: awaiting it does not
+/// go through the event loop.
+#[pyclass(module = "flowai_harness._internal", frozen)]
+pub(crate) struct Ready {
+    outcome: Mutex<Option<PyResult<Py<PyAny>>>>,
+}
+
+impl Ready {
+    pub(crate) fn new(outcome: PyResult<Py<PyAny>>) -> Ready {
+        Ready {
+            outcome: Mutex::new(Some(outcome)),
+        }
+    }
+}
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self) -> PyResult<Py<PyAny>> {
+        let outcome = self
+            .outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match outcome {
+            Some(Ok(value)) => Err(PyStopIteration::new_err((value,))),
+            Some(Err(e)) => Err(e),
+            None => Err(errors::flowai_error("this awaitable was awaited already")),
+        }
+    }
+}
+
+/// The async iterator of a run's event dicts. The run starts on the first `__anext__`.
+#[pyclass(
+    name = "PyRuntimeEventStream",
+    module = "flowai_harness._internal",
+    frozen
+)]
+pub(crate) struct PyRuntimeEventStream {
+    run_id: String,
+    inner: Arc<tokio::sync::Mutex<RunStream>>,
+    host: Arc<PyHost>,
+    hooks: Py<PyTuple>,
+    runtime: Runtime,
+    finished: Arc<AtomicBool>,
+    /// The loop the last `__anext__` ran on.
+    last_loop: Mutex<Option<Py<PyAny>>>,
+    /// The `PyRuntime` this stream belongs to, kept alive while the stream is.
+    _owner: Py<PyAny>,
+}
+
+impl PyRuntimeEventStream {
+    pub(crate) fn new(
+        stream: RunStream,
+        host: Arc<PyHost>,
+        hooks: Py<PyTuple>,
+        runtime: Runtime,
+        owner: Py<PyAny>,
+    ) -> PyRuntimeEventStream {
+        PyRuntimeEventStream {
+            run_id: stream.run_id().to_owned(),
+            inner: Arc::new(tokio::sync::Mutex::new(stream)),
+            host,
+            hooks,
+            runtime,
+            finished: Arc::new(AtomicBool::new(false)),
+            last_loop: Mutex::new(None),
+            _owner: owner,
+        }
+    }
+}
+
+impl PyRuntimeEventStream {
+    /// Makes the running loop the one this run's async callbacks use (API.md §2.4).
+    fn register_loop(&self, py: Python<'_>) -> PyResult<()> {
+        let running = GET_RUNNING_LOOP
+            .import(py, "asyncio", "get_running_loop")?
+            .call0()?;
+        let mut last = self.last_loop.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref().is_some_and(|l| l.bind(py).is(&running)) {
+            return Ok(());
+        }
+        let locals = TaskLocals::new(running.clone()).copy_context(py)?;
+        self.host.set_loop(&self.run_id, locals);
+        *last = Some(running.unbind());
+        Ok(())
+    }
+
+    /// The event as a dict, after the hooks have seen it (in order; an exception propagates).
+    fn deliver(&self, py: Python<'_>, text: &str) -> PyResult<Py<PyAny>> {
+        let event = convert::loads(py, text)?;
+        for hook in self.hooks.bind(py).iter() {
+            hook.call1((&event,))?;
+        }
+        Ok(event.unbind())
+    }
+}
+
+#[pymethods]
+impl PyRuntimeEventStream {
+    /// The run's id (a ULID), known before the first event.
+    #[getter]
+    fn run_id(&self) -> String {
+        self.run_id.clone()
+    }
+
+    fn __aiter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if self.finished.load(Ordering::Acquire) {
+            let ready = Ready::new(Err(PyStopAsyncIteration::new_err(())));
+            return Ok(Bound::new(py, ready)?.into_any());
+        }
+        self.register_loop(py)?;
+        // Fast path: an event is buffered already; no thread hop, no loop round trip.
+        let buffered = match self.inner.try_lock() {
+            Ok(mut stream) => stream.try_next_buffered(),
+            Err(_) => None,
+        };
+        if let Some(event) = buffered {
+            let outcome = self.deliver(py, event.as_str());
+            return Ok(Bound::new(py, Ready::new(outcome))?.into_any());
+        }
+        let inner = Arc::clone(&self.inner);
+        let finished = Arc::clone(&self.finished);
+        let host = Arc::clone(&self.host);
+        let run_id = self.run_id.clone();
+        let pending = python::awaitable(py, async move {
+            let next = inner.lock().await.next().await;
+            match next {
+                Some(Ok(event)) => Ok(event.into_string()),
+                other => {
+                    finished.store(true, Ordering::Release);
+                    python::with_python(|_| host.clear_loop(&run_id));
+                    match other {
+                        Some(Err(e)) => Err(errors::engine_error(e)),
+                        _ => Err(PyStopAsyncIteration::new_err(())),
+                    }
+                }
+            }
+        })?;
+        NEXT_EVENT
+            .import(py, "flowai_harness._stream", "next_event")?
+            .call1((pending, self.hooks.bind(py)))
+    }
+
+    /// Cancels the run durably; works before or after it started.
+    fn cancel(&self, py: Python<'_>) -> PyResult<()> {
+        if let Ok(mut stream) = self.inner.try_lock() {
+            stream.cancel();
+            return Ok(());
+        }
+        // A `__anext__` is waiting on the stream: the run is under way, cancel it by id.
+        let runtime = self.runtime.clone();
+        let run_id = self.run_id.clone();
+        convert::block_on(py, async move { runtime.cancel(&run_id).await })?
+            .map_err(errors::engine_error)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("PyRuntimeEventStream(run_id={:?})", self.run_id)
+    }
+}
+
+impl Drop for PyRuntimeEventStream {
+    fn drop(&mut self) {
+        Python::attach(|_| {
+            self.host.clear_loop(&self.run_id);
+            self.last_loop
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        });
+    }
+}
+
+/// The async iterator `Runtime.replay` returns: events rebuilt from the journal.
+#[pyclass(module = "flowai_harness._internal", frozen)]
+pub(crate) struct ReplayStream {
+    run_id: String,
+    events: Mutex<VecDeque<String>>,
+}
+
+impl ReplayStream {
+    pub(crate) fn new(run_id: String, events: Vec<String>) -> ReplayStream {
+        ReplayStream {
+            run_id,
+            events: Mutex::new(events.into()),
+        }
+    }
+}
+
+#[pymethods]
+impl ReplayStream {
+    /// The replayed run's id.
+    #[getter]
+    fn run_id(&self) -> String {
+        self.run_id.clone()
+    }
+
+    fn __aiter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let next = self
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        let outcome = match next {
+            Some(text) => convert::loads(py, &text).map(Bound::unbind),
+            None => Err(PyStopAsyncIteration::new_err(())),
+        };
+        Ok(Bound::new(py, Ready::new(outcome))?.into_any())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("ReplayStream(run_id={:?})", self.run_id)
+    }
+}

@@ -1,0 +1,263 @@
+"""Host tool handlers through the native runtime (API.md §2.6, §3.2, §4.3)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import threading
+from typing import Any
+
+import pydantic
+
+from flowai_harness import (
+    create_runtime,
+    define_coordinator,
+    define_runtime,
+    define_specialist,
+    define_tenant,
+    define_tool,
+)
+from flowai_harness.context import ReferenceClient, ToolContext
+
+PROVIDERS = {"anthropic": {"apiKey": "unused"}}
+NO_LOOP = "async Python callback requires the runtime stream to be iterated from asyncio"
+
+
+def drain(stream: Any) -> list[dict[str, Any]]:
+    async def collect() -> list[dict[str, Any]]:
+        return [event async for event in stream]
+
+    return asyncio.run(collect())
+
+
+def spec_with(*tools: Any) -> Any:
+    return define_runtime(
+        define_tenant("acme", "v1"),
+        agents=[
+            define_coordinator("coordinator", model="claude-sonnet-4-6", prompt="c", routes=["helper"], tools=tools),
+            define_specialist("helper", model="claude-sonnet-4-6", prompt="h", tools=tools),
+        ],
+        providers=PROVIDERS,
+    )
+
+
+def script(*calls: tuple[str, Any]) -> str:
+    return json.dumps({"script": [{"tool": name, "args": args} for name, args in calls]})
+
+
+def results(events: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        e["toolInvocationId"]: e["result"]
+        for e in events
+        if e["type"] == "tool-invocation" and e["state"] == "result"
+    }
+
+
+def test_tool_context_contents() -> None:
+    seen: list[ToolContext] = []
+    db = object()
+
+    @define_tool("inspect", {"n": int})
+    def inspect_ctx(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        seen.append(ctx)
+        return {"n": args["n"]}
+
+    runtime = create_runtime(spec_with(inspect_ctx), services={"db": db}, interpreter="scripted")
+    stream = runtime.query(script(("inspect", {"n": 1}), ("inspect", {"n": 2})), "t1")
+    drain(stream)
+    assert len(seen) == 2
+    first, second = seen
+    assert isinstance(first, ToolContext)
+    assert first.get("db") is first.db is first["db"] is db
+    assert first.services == {"db": db} and first.services["db"] is db
+    assert (first.tool_use_id, second.tool_use_id) == ("scripted-tool-1", "scripted-tool-2")
+    assert first.run_id == second.run_id == stream.run_id
+    assert first.attempt == 1
+    started = [j["seq"] for j in runtime.journal(stream.run_id) if j["kind"] == "ToolCallStarted"]
+    assert [first.idempotency_key, second.idempotency_key] == [f"{stream.run_id}:{seq}" for seq in started]
+    assert isinstance(first.references, ReferenceClient)
+    assert set(first.keys()) == {"tool_use_id", "services", "references", "run_id", "idempotency_key", "attempt", "db"}
+    runtime.close()
+
+
+def test_sync_and_async_handlers_across_successive_event_loops() -> None:
+    loops: list[Any] = []
+
+    @define_tool("sync_tool", {"x": int})
+    def sync_tool(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        return {"double": args["x"] * 2}
+
+    @define_tool("async_tool", {"x": int})
+    async def async_tool(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        loops.append(asyncio.get_running_loop())
+        await asyncio.sleep(0)
+        return {"triple": args["x"] * 3}
+
+    runtime = create_runtime(spec_with(sync_tool, async_tool), interpreter="scripted")
+    for round_number in range(3):
+        events = drain(runtime.query(script(("sync_tool", {"x": round_number}), ("async_tool", {"x": round_number})), "t1"))
+        assert results(events) == {
+            "scripted-tool-1": {"double": round_number * 2},
+            "scripted-tool-2": {"triple": round_number * 3},
+        }
+    # Each asyncio.run() had its own loop, and the async handler ran on it.
+    assert len(loops) == 3 and len({id(loop) for loop in loops}) == 3
+    runtime.close()
+
+
+def test_async_handler_runs_on_the_consuming_loop_thread() -> None:
+    threads: list[int] = []
+
+    @define_tool("where", {})
+    async def where(args: dict[str, Any], ctx: Any) -> str:
+        threads.append(threading.get_ident())
+        return "here"
+
+    runtime = create_runtime(spec_with(where), interpreter="scripted")
+
+    async def consume() -> int:
+        async for _ in runtime.query(script(("where", {})), "t1"):
+            pass
+        return threading.get_ident()
+
+    assert asyncio.run(consume()) == threads[0]
+    runtime.close()
+
+
+def test_handler_errors_become_error_results() -> None:
+    @define_tool("fails", {})
+    def fails(args: dict[str, Any], ctx: Any) -> Any:
+        raise ValueError("bad input")
+
+    @define_tool("fails_async", {})
+    async def fails_async(args: dict[str, Any], ctx: Any) -> Any:
+        raise KeyError("missing")
+
+    @define_tool("unserializable", {})
+    def unserializable(args: dict[str, Any], ctx: Any) -> Any:
+        return {"x": object()}
+
+    runtime = create_runtime(spec_with(fails, fails_async, unserializable), interpreter="scripted")
+    events = drain(runtime.query(script(("fails", {}), ("fails_async", {}), ("unserializable", {}), ("nope", {})), "t1"))
+    got = results(events)
+    assert got["scripted-tool-1"] == {"error": "ValueError: bad input"}
+    assert got["scripted-tool-2"] == {"error": "KeyError: 'missing'"}
+    assert got["scripted-tool-3"]["error"].startswith("TypeError: ")
+    assert got["scripted-tool-4"] == {"error": "Unknown tool: nope"}
+    # No text event follows an error result; the run itself completes.
+    assert [e for e in events if e["type"] == "text"] == []
+    assert events[-1]["type"] == "tool-agent"
+    runtime.close()
+
+
+def test_invalid_input_does_not_reach_the_handler() -> None:
+    calls: list[Any] = []
+
+    @define_tool("typed", {"n": int})
+    def typed(args: dict[str, Any], ctx: Any) -> int:
+        calls.append(args)
+        return 1
+
+    runtime = create_runtime(spec_with(typed), interpreter="scripted")
+    events = drain(runtime.query(script(("typed", {"n": "one"})), "t1"))
+    assert results(events)["scripted-tool-1"]["error"].startswith("Invalid input: ")
+    assert calls == []
+    runtime.close()
+
+
+class Price(pydantic.BaseModel):
+    sku: str
+    amount: float
+
+
+def test_return_values_pydantic_and_ui_keys() -> None:
+    @define_tool("price", {})
+    def price(args: dict[str, Any], ctx: Any) -> Price:
+        return Price(sku="s-1", amount=9.5)
+
+    @define_tool("nested", {})
+    def nested(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        return {"prices": [Price(sku="s-2", amount=1.0)], "approvalDsl": {"card": 1}, "displaySummary": "1 price", "_cardEmitted": True}
+
+    @define_tool("scalar", {})
+    async def scalar(args: dict[str, Any], ctx: Any) -> Any:
+        return None
+
+    runtime = create_runtime(spec_with(price, nested, scalar), interpreter="scripted")
+    events = drain(runtime.query(script(("price", {}), ("nested", {}), ("scalar", {})), "t1"))
+    got = results(events)
+    assert got == {
+        "scripted-tool-1": {"sku": "s-1", "amount": 9.5},
+        "scripted-tool-2": {"prices": [{"sku": "s-2", "amount": 1.0}]},
+        "scripted-tool-3": None,
+    }
+    second_call = events.index(next(e for e in events if e.get("toolInvocationId") == "scripted-tool-2"))
+    between = events[second_call + 1 : second_call + 3]
+    assert between == [
+        {"type": "data-flow-ui", "data": {"dsl": '{"card":1}'}},
+        {"type": "text", "text": "1 price"},
+    ] or between == [
+        {"type": "data-flow-ui", "data": {"dsl": '{"card": 1}'}},
+        {"type": "text", "text": "1 price"},
+    ]
+    runtime.close()
+
+
+def test_specialist_runs_host_tools_and_counts_calls_once() -> None:
+    calls: list[Any] = []
+
+    @define_tool("count", {})
+    def count(args: dict[str, Any], ctx: Any) -> int:
+        calls.append(ctx.tool_use_id)
+        return len(calls)
+
+    runtime = create_runtime(spec_with(count), interpreter="scripted")
+    events = drain(runtime.run_specialist("helper", script(("count", {}), ("count", {}))))
+    assert calls == ["scripted-tool-1", "scripted-tool-2"]
+    pairs = [(e["toolInvocationId"], e["state"]) for e in events if e["type"] == "tool-invocation"]
+    assert pairs == [
+        ("scripted-tool-1", "call"),
+        ("scripted-tool-1", "result"),
+        ("scripted-tool-2", "call"),
+        ("scripted-tool-2", "result"),
+    ]
+    runtime.close()
+
+
+def test_async_handler_without_a_consuming_loop_fails_with_the_contract_text() -> None:
+    release = threading.Event()
+    finished = threading.Event()
+
+    @define_tool("hold", {})
+    def hold(args: dict[str, Any], ctx: Any) -> str:
+        release.wait(timeout=30)
+        return "released"
+
+    @define_tool("later", {})
+    async def later(args: dict[str, Any], ctx: Any) -> str:
+        return "never reached"
+
+    @define_tool("done", {})
+    def done(args: dict[str, Any], ctx: Any) -> str:
+        finished.set()
+        return "done"
+
+    runtime = create_runtime(spec_with(hold, later, done), interpreter="scripted")
+    stream = runtime.query(script(("hold", {}), ("later", {}), ("done", {})), "t1")
+    run_id = stream.run_id
+
+    async def read_until_hold() -> None:
+        async for event in stream:
+            if event["type"] == "tool-invocation" and event["toolName"] == "hold":
+                return
+
+    asyncio.run(read_until_hold())
+    # The consumer goes away; the run continues on its own, without an event loop.
+    del stream
+    gc.collect()
+    release.set()
+    assert finished.wait(timeout=30)
+    completed = [j["data"] for j in runtime.journal(run_id) if j["kind"] == "ToolCallCompleted"]
+    assert completed[1]["result"] == {"error": NO_LOOP} or NO_LOOP in json.dumps(completed[1])
+    runtime.close()
