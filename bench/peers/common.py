@@ -40,11 +40,13 @@ class SideFile:
         self.kill_at = kill_at
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if path else None
         self.first_call_at: float | None = None  # time.time() of this process's first execution
+        self.times: list[float] = []  # perf_counter() at each execution (how the step cost evolves)
 
     def tool(self, step: int, message: str, attempt: Any = "") -> dict[str, Any]:
         """The tool: checks its argument, records the execution, returns a small result."""
         if self.first_call_at is None:
             self.first_call_at = time.time()
+        self.times.append(time.perf_counter())
         if message != make_message(step):
             raise ValueError(f"step {step}: unexpected message")
         if self.fd is not None:
@@ -61,6 +63,22 @@ def count_executions(path: str) -> dict[int, int]:
             step = int(line.split()[0])
             counts[step] = counts.get(step, 0) + 1
     return counts
+
+
+def step_profile(times: list[float], steps: int) -> dict[str, float]:
+    """ms per step over the first and the last 100 steps of a run (from the tool's clock)."""
+    run = times[-steps:]
+    if len(run) < 200:
+        return {}
+    return {
+        "first100_ms_per_step": (run[100] - run[0]) / 100 * 1e3,
+        "last100_ms_per_step": (run[-1] - run[-101]) / 100 * 1e3,
+    }
+
+
+def paired_floor(directory: str) -> float:
+    """The raw floor measured right next to a durable run (the load moves a lot here)."""
+    return fsync_floor(directory, ops=200)
 
 
 def files_size(*paths: str | Path) -> int:

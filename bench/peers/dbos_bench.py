@@ -76,7 +76,9 @@ def cmd_run(options: argparse.Namespace) -> None:
     launch(url)
     run_workflow(20, "warm")
     base = common.files_size(path) if path else 0
+    floor_before = common.paired_floor(options.dir)
     elapsed = run_workflow(options.steps, "measured")
+    floor_after = common.paired_floor(options.dir)
     hist_started = time.perf_counter()
     steps = DBOS.list_workflow_steps("measured")
     history_s = time.perf_counter() - hist_started
@@ -94,6 +96,8 @@ def cmd_run(options: argparse.Namespace) -> None:
             "history_items": len(steps),
             "store_bytes": (common.files_size(path) - base) if path else None,
             "store_bytes_total": common.files_size(path) if path else None,
+            "floor_us": (floor_before + floor_after) / 2,
+            **common.step_profile(SIDE.times, options.steps),
         }
     )
 

@@ -74,10 +74,12 @@ def cmd_run(options: argparse.Namespace) -> None:
     path = store_path(options, "flowai")
     runtime = build_runtime(path)
     base = common.files_size(path) if path else 0
+    floor_before = common.paired_floor(options.dir) if path else None
     started = time.perf_counter()
     stream = runtime.run_specialist("agent", script(options.steps), "t1")
     calls = asyncio.run(drive(stream))
     elapsed = time.perf_counter() - started
+    floor_after = common.paired_floor(options.dir) if path else None
     assert calls == options.steps, calls
     run_id = stream.run_id
     hist_started = time.perf_counter()
@@ -97,6 +99,8 @@ def cmd_run(options: argparse.Namespace) -> None:
             "history_items": records,
             "store_bytes": (common.files_size(path) - base) if path else None,
             "store_bytes_total": common.files_size(path) if path else None,
+            "floor_us": (floor_before + floor_after) / 2 if path else None,
+            **common.step_profile(SIDE.times, options.steps),
         }
     )
 

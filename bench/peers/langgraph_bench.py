@@ -123,7 +123,9 @@ def cmd_run(options: argparse.Namespace) -> None:
         saver.setup()
         pragmas = sqlite_synchronous(saver.conn)
     app = build(saver, options.variant)
+    floor_before = common.paired_floor(options.dir) if options.store == "file" else None
     elapsed = run_once(app, "t1", options.steps)
+    floor_after = common.paired_floor(options.dir) if options.store == "file" else None
     hist_started = time.perf_counter()
     history = list(app.get_state_history({"configurable": {"thread_id": "t1"}}))
     history_s = time.perf_counter() - hist_started
@@ -142,6 +144,8 @@ def cmd_run(options: argparse.Namespace) -> None:
             "history_items": len(history),
             "store_bytes": common.files_size(path) if options.store == "file" else None,
             "sqlite": pragmas,
+            "floor_us": (floor_before + floor_after) / 2 if floor_before is not None and floor_after is not None else None,
+            **common.step_profile(SIDE.times, options.steps),
         }
     )
 
