@@ -497,9 +497,58 @@ impl Store {
     /// request is committed (and durable, for `immediate`). Works on any tokio runtime.
     /// Dropping the future does not withdraw the request.
     pub async fn append(&self, req: AppendRequest) -> Result<AppendAck, StoreError> {
+        let req = match self.append_inline(req) {
+            Ok(result) => return result,
+            Err(req) => req,
+        };
         let (tx, rx) = oneshot::channel();
         self.send(Msg::Append(Box::new(req), Reply::Async(tx)))?;
         self.await_reply(rx).await
+    }
+
+    /// In memory (`immediate`) there is nothing to fsync and no crash to survive, so group
+    /// commit buys nothing: the caller's thread runs the writer's commit code for its own
+    /// request, which saves the hand-off to the writer thread and back. redb serializes
+    /// these commits with the writer's. Gives the request back when it must be queued.
+    fn append_inline(
+        &self,
+        req: AppendRequest,
+    ) -> Result<Result<AppendAck, StoreError>, AppendRequest> {
+        if self.inner.path.is_some()
+            || self.read_only
+            || self.inner.durability != Durability::Immediate
+        {
+            return Err(req);
+        }
+        if self
+            .inner
+            .sender
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            return Ok(Err(self.closed()));
+        }
+        let db = self
+            .inner
+            .db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(db) = db else {
+            return Ok(Err(self.closed()));
+        };
+        let Db::Rw(db) = &*db else {
+            return Err(req);
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        writer::commit_batch(
+            db,
+            vec![Msg::Append(Box::new(req), Reply::Blocking(tx))],
+            true,
+            &self.inner.label,
+        );
+        Ok(rx.recv().unwrap_or_else(|_| Err(self.writer_gone())))
     }
 
     /// Whether the last commit was short enough for polling to beat sleeping.
@@ -529,6 +578,10 @@ impl Store {
 
     /// [`append`](Self::append) for callers outside async code; blocks the thread.
     pub fn append_blocking(&self, req: AppendRequest) -> Result<AppendAck, StoreError> {
+        let req = match self.append_inline(req) {
+            Ok(result) => return result,
+            Err(req) => req,
+        };
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Msg::Append(Box::new(req), Reply::Blocking(tx)))?;
         // Polling pays off only when commits are about as short as the poll (in memory,

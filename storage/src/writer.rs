@@ -212,7 +212,12 @@ enum Pending {
 }
 
 /// Runs one batch in one transaction. Returns whether it committed.
-fn commit_batch(db: &redb::Database, batch: Vec<Msg>, durable: bool, label: &str) -> bool {
+pub(crate) fn commit_batch(
+    db: &redb::Database,
+    batch: Vec<Msg>,
+    durable: bool,
+    label: &str,
+) -> bool {
     let mut txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(e) => {
