@@ -1,18 +1,40 @@
 from __future__ import annotations
 
+import asyncio
 import importlib
+import json
+from pathlib import Path
 
 import pytest
 
-from flowai_harness import _cli
+from flowai_harness import _cli, create_runtime, define_runtime, define_specialist, define_tenant
 
 
-def test_cli_delegates_to_native_or_exits_with_usage_code(capsys: pytest.CaptureFixture[str]) -> None:
-    internal = importlib.import_module("flowai_harness._internal")
-    if hasattr(internal, "cli_main"):
-        pytest.skip("the native command line exists; its behaviour is tested with the CLI")
-    assert _cli.main(["runs", "store.redb"]) == 2
-    assert "cli_main" in capsys.readouterr().err
+def test_the_flowai_command_reads_a_store(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "runs.redb"
+    spec = define_runtime(
+        define_tenant("acme", "v1"),
+        agents=[define_specialist("solo", model="claude-sonnet-4-6", prompt="You help.")],
+        providers={"anthropic": {"apiKey": "unused"}},
+    )
+    runtime = create_runtime(spec, store=str(path))
+
+    async def drive() -> str:
+        stream = runtime.run_specialist("solo", "hello")
+        async for _ in stream:
+            pass
+        return str(stream.run_id)
+
+    run_id = asyncio.run(drive())
+    runtime.close()
+    assert _cli.main(["runs", str(path), "--json"]) == 0
+    listed = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
+    assert [r["runId"] for r in listed] == [run_id]
+    assert listed[0]["status"] == "completed"
+    assert _cli.main(["verify", str(path)]) == 0
+    capfd.readouterr()
+    assert _cli.main(["show", str(path), "01ARZ3NDEKTSV4RRFFQ69G5FAV"]) == 2
+    assert _cli.main(["runs", str(tmp_path / "missing.redb")]) == 3
 
 
 def test_cli_passes_arguments_through(monkeypatch: pytest.MonkeyPatch) -> None:
