@@ -2,7 +2,7 @@
 //! replay ≥ 200,000 records/s; resume of a 10,000-record run < 100 ms from store open to
 //! the first new step's commit).
 //!
-//! `cargo bench -p flowai-replay --bench replay`. Figures go to `replay/BENCHMARKS-replay.md`.
+//! `cargo bench -p flowai-replay --bench replay`. Figures go to `BENCHMARKS.md` (Replay).
 
 #![allow(clippy::unwrap_used)] // Benchmark setup: a panic is the failure report.
 

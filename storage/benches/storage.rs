@@ -1,5 +1,5 @@
 //! Storage benchmarks (DESIGN §9). Run with `cargo bench -p flowai-storage`; results and
-//! ratios are written up in `storage/BENCHMARKS-storage.md`.
+//! ratios are written up in `BENCHMARKS.md` (Storage).
 //!
 //! Files live under the target directory (a real disk), never in a tmpfs.
 
