@@ -502,7 +502,7 @@ impl Store {
             Err(req) => req,
         };
         let (tx, rx) = oneshot::channel();
-        self.send(Msg::Append(Box::new(req), Reply::Async(tx)))?;
+        self.send(Msg::Append(req, Reply::Async(tx)))?;
         self.await_reply(rx).await
     }
 
@@ -513,12 +513,12 @@ impl Store {
     fn append_inline(
         &self,
         req: AppendRequest,
-    ) -> Result<Result<AppendAck, StoreError>, AppendRequest> {
+    ) -> Result<Result<AppendAck, StoreError>, Box<AppendRequest>> {
         if self.inner.path.is_some()
             || self.read_only
             || self.inner.durability != Durability::Immediate
         {
-            return Err(req);
+            return Err(Box::new(req));
         }
         if self
             .inner
@@ -539,7 +539,7 @@ impl Store {
             return Ok(Err(self.closed()));
         };
         let Db::Rw(db) = &*db else {
-            return Err(req);
+            return Err(Box::new(req));
         };
         let (tx, rx) = mpsc::sync_channel(1);
         writer::commit_batch(
@@ -583,7 +583,7 @@ impl Store {
             Err(req) => req,
         };
         let (tx, rx) = mpsc::sync_channel(1);
-        self.send(Msg::Append(Box::new(req), Reply::Blocking(tx)))?;
+        self.send(Msg::Append(req, Reply::Blocking(tx)))?;
         // Polling pays off only when commits are about as short as the poll (in memory,
         // `eventual`); waiting on an fsync, sleep at once and leave the CPU to the writer.
         let spin = if self.commits_are_short() {
