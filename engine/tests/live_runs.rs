@@ -253,3 +253,53 @@ async fn a_provider_failure_is_an_error_event_naming_the_provider() {
             .starts_with("agent failed: ")
     );
 }
+
+#[tokio::test]
+async fn construction_names_the_agent_model_and_provider_of_a_missing_key() {
+    let mut wire = spec("acme", vec![agent("weather", "specialist", &[])]);
+    wire["providers"] = json!({"anthropic": {"apiKeyEnv": "FLOWAI_TEST_UNSET_KEY"}});
+    let err = build(
+        wire.clone(),
+        vec![],
+        TestHost::new(),
+        Store::in_memory().unwrap(),
+        InterpreterChoice::Anthropic,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("agent 'weather'"), "{err}");
+    assert!(err.contains("model 'claude-sonnet-4-6'"), "{err}");
+    assert!(err.contains("provider 'anthropic'"), "{err}");
+    assert!(
+        err.contains(
+            "anthropic provider requires apiKey or apiKeyEnv resolving to an environment variable"
+        ),
+        "{err}"
+    );
+    // Deterministic interpreters resolve no key at all.
+    build(
+        wire.clone(),
+        vec![],
+        TestHost::new(),
+        Store::in_memory().unwrap(),
+        InterpreterChoice::Scripted,
+    )
+    .unwrap();
+    // `live` routes each agent by its model: a gpt- model needs the openai-compatible provider.
+    wire["agents"][0]["model"] = json!({"id": "gpt-4o", "provider": null});
+    let err = build(
+        wire,
+        vec![],
+        TestHost::new(),
+        Store::in_memory().unwrap(),
+        InterpreterChoice::Live,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("agent 'weather' references provider 'openai-compatible' for model 'gpt-4o'"),
+        "{err}"
+    );
+}
