@@ -119,6 +119,20 @@ fn steps(c: &mut Criterion) {
         b.iter(|| tokio.block_on(one_run(&rt, &prompt)));
     });
 
+    // The same run with its consumer on a runtime worker instead of the calling thread.
+    group.bench_function(
+        format!("memory_run_of_{STEPS}_steps_consumer_on_worker"),
+        |b| {
+            b.iter(|| {
+                let rt = rt.clone();
+                let prompt = prompt.clone();
+                tokio
+                    .block_on(tokio.spawn(async move { one_run(&rt, &prompt).await }))
+                    .expect("consumer task");
+            });
+        },
+    );
+
     let dir = bench_dir();
     let store = Store::open(dir.path().join("bench.redb"), Default::default()).expect("store");
     let rt = runtime(store, tokio.handle().clone());
