@@ -297,29 +297,10 @@ impl Driver {
         if self.j.mode() == DriveMode::Verify {
             return Ok(RunEnd::JournalEnd);
         }
-        for approval in self.j.store().approvals_of_run(self.j.run_id())? {
-            if approval.status != ApprovalStatus::Pending {
-                continue;
-            }
-            // The decision record names the request it resolves, like a host's would.
-            let (kind, target) = crate::runtime::approval_request(self.j.store(), &approval)?
-                .map(|r| (r.kind, r.target))
-                .unwrap_or_default();
-            self.j.push(
-                &payloads::ApprovalDecided {
-                    approval_id: approval.id.clone(),
-                    kind,
-                    target,
-                    outcome: String::from("cancelled"),
-                    feedback: None,
-                    partial: None,
-                    origin: String::from("engine"),
-                },
-                vec![IndexUpdate::SetApprovalStatus {
-                    id: approval.id,
-                    status: ApprovalStatus::Cancelled,
-                }],
-            )?;
+        for (decided, update) in
+            crate::runtime::cancelled_decisions(self.j.store(), self.j.run_id(), "engine")?
+        {
+            self.j.push(&decided, vec![update])?;
         }
         let updates = vec![IndexUpdate::SetRunStatus {
             run_id: self.j.run_id(),

@@ -570,6 +570,17 @@ async fn execute_plan(
     }
 }
 
+/// `executing → failed` with its outcome; the executePlan error result.
+async fn fail_execution(
+    driver: &mut Driver,
+    plan_id: &str,
+    message: String,
+) -> Result<ToolOutcome, EngineError> {
+    let outcome = json!({"state": "failed", "message": message, "code": null, "details": null});
+    transition(driver, plan_id, "failed", false, Some(outcome)).await?;
+    Ok(ToolOutcome::error(format!("Dispatch failed: {message}")))
+}
+
 /// `approved → executing`, hydration, dispatch, `executed | failed`.
 async fn execute_approved(
     driver: &mut Driver,
@@ -645,15 +656,7 @@ async fn execute_approved(
     };
     if let Some((kind, id)) = hydrated.missing {
         let message = format!("reference required by plan is missing: kind={kind} id={id}");
-        transition(
-            driver,
-            plan_id,
-            "failed",
-            false,
-            Some(json!({"state": "failed", "message": message, "code": null, "details": null})),
-        )
-        .await?;
-        return Ok(ToolOutcome::error(format!("Dispatch failed: {message}")));
+        return fail_execution(driver, plan_id, message).await;
     }
     let resolved_refs = hydrated
         .resolved
@@ -723,15 +726,7 @@ async fn execute_approved(
     };
     if let Some(message) = dispatched.error {
         let message = format!("inner dispatcher failed: {message}");
-        transition(
-            driver,
-            plan_id,
-            "failed",
-            false,
-            Some(json!({"state": "failed", "message": message, "code": null, "details": null})),
-        )
-        .await?;
-        return Ok(ToolOutcome::error(format!("Dispatch failed: {message}")));
+        return fail_execution(driver, plan_id, message).await;
     }
     let outcome = dispatched.outcome.as_deref().map_or(Value::Null, parse_raw);
     let entities = outcome.get("entitiesAffected").cloned().unwrap_or(json!(0));

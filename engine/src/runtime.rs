@@ -546,6 +546,16 @@ impl Runtime {
         Ok(self.stream_for(run, DriveMode::Resume, None))
     }
 
+    /// The control channel of the driver of `run`, when this process drives it.
+    fn control_of(&self, run: RunId) -> Option<mpsc::UnboundedSender<Control>> {
+        self.shared
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&run)
+            .map(|a| a.control.clone())
+    }
+
     fn is_active(&self, run: RunId) -> bool {
         self.shared
             .active
@@ -573,13 +583,7 @@ impl Runtime {
         if row.status != ApprovalStatus::Pending {
             return Err(EngineError::ApprovalResolved(approval_id.to_owned()));
         }
-        let control = self
-            .shared
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&row.run_id)
-            .map(|a| a.control.clone());
+        let control = self.control_of(row.run_id);
         if let Some(control) = control {
             let (ack_tx, ack_rx) = oneshot::channel();
             let sent = control.send(Control::Decide {
@@ -635,13 +639,7 @@ impl Runtime {
         match result {
             Ok(_) => {
                 // A resume of this run may have started since the check above.
-                let control = self
-                    .shared
-                    .active
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&row.run_id)
-                    .map(|a| a.control.clone());
+                let control = self.control_of(row.run_id);
                 if let Some(control) = control {
                     let _ = control.send(Control::Appended);
                 }
@@ -668,13 +666,7 @@ impl Runtime {
     /// or interrupted one is cancelled in the store, its pending approvals resolved.
     pub async fn cancel(&self, run_id: &str) -> Result<(), EngineError> {
         let (run, info) = self.run_of_tenant(run_id)?;
-        let control = self
-            .shared
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&run)
-            .map(|a| a.control.clone());
+        let control = self.control_of(run);
         if let Some(control) = control
             && control.send(Control::Cancel).is_ok()
         {
@@ -691,26 +683,9 @@ impl Runtime {
         }
         let mut records = Vec::new();
         let mut updates = Vec::new();
-        for approval in self.shared.store.approvals_of_run(run)? {
-            if approval.status != ApprovalStatus::Pending {
-                continue;
-            }
-            let (kind, target) = approval_request(&self.shared.store, &approval)?
-                .map(|r| (r.kind, r.target))
-                .unwrap_or_default();
-            records.push(self.record_of(&payloads::ApprovalDecided {
-                approval_id: approval.id.clone(),
-                kind,
-                target,
-                outcome: String::from("cancelled"),
-                feedback: None,
-                partial: None,
-                origin: String::from("host"),
-            })?);
-            updates.push(IndexUpdate::SetApprovalStatus {
-                id: approval.id,
-                status: ApprovalStatus::Cancelled,
-            });
+        for (decided, update) in cancelled_decisions(&self.shared.store, run, "host")? {
+            records.push(self.record_of(&decided)?);
+            updates.push(update);
         }
         records.push(self.record_of(&payloads::RunCancelled {
             origin: String::from("host"),
@@ -951,6 +926,41 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// The `cancelled` decisions (with their index updates) that resolve a run's open
+/// approvals when the run is cancelled; `origin` is `"engine"` or `"host"`.
+pub(crate) fn cancelled_decisions(
+    store: &Store,
+    run: RunId,
+    origin: &str,
+) -> Result<Vec<(payloads::ApprovalDecided, IndexUpdate)>, EngineError> {
+    let mut out = Vec::new();
+    for approval in store.approvals_of_run(run)? {
+        if approval.status != ApprovalStatus::Pending {
+            continue;
+        }
+        // The decision names the request it resolves, so its events need no other record.
+        let (kind, target) = approval_request(store, &approval)?
+            .map(|r| (r.kind, r.target))
+            .unwrap_or_default();
+        out.push((
+            payloads::ApprovalDecided {
+                approval_id: approval.id.clone(),
+                kind,
+                target,
+                outcome: String::from("cancelled"),
+                feedback: None,
+                partial: None,
+                origin: origin.to_owned(),
+            },
+            IndexUpdate::SetApprovalStatus {
+                id: approval.id,
+                status: ApprovalStatus::Cancelled,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 /// The ApprovalRequested record an approval row points at (one record read, not the
