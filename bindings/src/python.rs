@@ -8,6 +8,7 @@
 //! entries and waits (with the GIL released) for the running ones before
 //! finalization begins.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -57,7 +58,83 @@ impl Drop for Entry {
 /// Runs `f` with the GIL from any thread; `None` once the interpreter is exiting.
 pub(crate) fn with_python<R>(f: impl FnOnce(Python<'_>) -> R) -> Option<R> {
     let _entry = Entry::enter()?;
-    Some(Python::attach(f))
+    // Only a thread Python does not know yet gets its state kept: a Python thread's
+    // state belongs to Python, which deletes it when the thread ends.
+    let keep = KEPT.with(|k| !k.kept.get()) && !has_thread_state();
+    Some(Python::attach(|py| {
+        if keep {
+            KEPT.with(KeptThreadState::keep);
+        }
+        f(py)
+    }))
+}
+
+/// Whether this thread has a Python thread state (created by Python or kept by us).
+fn has_thread_state() -> bool {
+    // SAFETY: `PyGILState_GetThisThreadState` only reads this thread's slot and needs
+    // neither the GIL nor an attached thread; the interpreter is initialized while this
+    // module is loaded.
+    #[allow(unsafe_code)]
+    let state = unsafe { pyo3::ffi::PyGILState_GetThisThreadState() };
+    !state.is_null()
+}
+
+thread_local! {
+    static KEPT: KeptThreadState = const { KeptThreadState { kept: Cell::new(false) } };
+}
+
+/// Keeps this native thread's Python thread state from one entry to the next.
+///
+/// Entering Python from a thread Python did not start creates a thread state, and leaving
+/// destroys it again (with an mmap'd frame stack each time): about a tenth of a
+/// tool-handler step's cost, paid twice per step (the handler, then the event that
+/// resolves the consumer's awaitable). Holding one extra `PyGILState_Ensure` count for
+/// the life of the thread keeps the state; the GIL itself is still released on leaving.
+struct KeptThreadState {
+    kept: Cell<bool>,
+}
+
+impl KeptThreadState {
+    /// Called with the GIL held.
+    fn keep(&self) {
+        if self.kept.get() {
+            return;
+        }
+        // SAFETY: this thread holds the GIL (inside `Python::attach`), so the interpreter
+        // is initialized; the extra count is released exactly once, by `drop` below on
+        // this same thread, and it is `PyGILState_LOCKED` because the GIL is held now.
+        #[allow(unsafe_code)]
+        let state = unsafe { pyo3::ffi::PyGILState_Ensure() };
+        debug_assert!(matches!(
+            state,
+            pyo3::ffi::PyGILState_STATE::PyGILState_LOCKED
+        ));
+        self.kept.set(true);
+    }
+}
+
+impl Drop for KeptThreadState {
+    fn drop(&mut self) {
+        if !self.kept.get() {
+            return;
+        }
+        // While the interpreter exits, taking the GIL from this thread could hang or end
+        // the thread; the process is going away, so the state is left to it.
+        let Some(_entry) = Entry::enter() else {
+            return;
+        };
+        // SAFETY: the thread is ending (thread-local destructor) and the interpreter is not
+        // exiting (the `_shutdown` hook waits for counted entries like this one). The first
+        // call takes the GIL with this thread's kept state; releasing the kept count (taken
+        // while the GIL was held, hence LOCKED) leaves the GIL held, and releasing this
+        // call's own count drops the thread state and the GIL.
+        #[allow(unsafe_code)]
+        unsafe {
+            let this_call = pyo3::ffi::PyGILState_Ensure();
+            pyo3::ffi::PyGILState_Release(pyo3::ffi::PyGILState_STATE::PyGILState_LOCKED);
+            pyo3::ffi::PyGILState_Release(this_call);
+        }
+    }
 }
 
 /// Runs `f`, which may block (a synchronous Python callback), so that the tokio

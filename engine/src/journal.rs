@@ -31,13 +31,16 @@ pub enum DriveMode {
 }
 
 /// Where a run's events go. A dropped receiver stops delivery, never the run.
+///
+/// Events travel in batches, one per commit: a consumer on another thread is woken
+/// once per batch rather than once per event.
 #[derive(Clone)]
 pub(crate) struct EventSink {
-    tx: Option<mpsc::Sender<Event>>,
+    tx: Option<mpsc::Sender<Vec<Event>>>,
 }
 
 impl EventSink {
-    pub(crate) fn new(tx: mpsc::Sender<Event>) -> EventSink {
+    pub(crate) fn new(tx: mpsc::Sender<Vec<Event>>) -> EventSink {
         EventSink { tx: Some(tx) }
     }
 
@@ -46,10 +49,17 @@ impl EventSink {
     }
 
     pub(crate) async fn send(&mut self, event: Event) {
+        self.send_batch(vec![event]).await;
+    }
+
+    pub(crate) async fn send_batch(&mut self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
         if let Some(tx) = &self.tx {
             // Back-pressure: a live consumer paces the run. Once it is gone, events are
             // still in the journal and readable through replay.
-            if tx.send(event).await.is_err() {
+            if tx.send(events).await.is_err() {
                 self.tx = None;
             }
         }
@@ -239,9 +249,7 @@ impl RunJournal {
             self.projector
                 .project(stored.seq, stored.record.kind, &stored.record.payload)?;
         if stored.seq >= self.undelivered_from {
-            for event in events {
-                self.sink.send(event).await;
-            }
+            self.sink.send_batch(events).await;
         }
         Ok(Some((stored.seq, payload)))
     }
@@ -326,7 +334,19 @@ impl RunJournal {
         let pending = std::mem::take(&mut self.pending);
         let updates = std::mem::take(&mut self.pending_updates);
         let first_seq = self.next_seq - pending.len() as u64;
-        let records: Vec<Record> = pending.iter().map(|p| p.record.clone()).collect();
+        // Projected before the append so the records move into it without a copy; if the
+        // append fails the run ends with that error and these events are never delivered.
+        let mut events = Vec::new();
+        let mut records = Vec::with_capacity(pending.len());
+        for (offset, p) in pending.into_iter().enumerate() {
+            let seq = first_seq + offset as u64;
+            let projected = self
+                .projector
+                .project(seq, p.record.kind, &p.record.payload)?;
+            events.extend(projected.into_iter().skip(p.already_emitted));
+            records.push(p.record);
+        }
+        let count = records.len();
         let request = AppendRequest {
             run: if records.is_empty() {
                 None
@@ -340,23 +360,13 @@ impl RunJournal {
             index_updates: updates,
             precondition: self.first_precondition.take().unwrap_or(Precondition::None),
         };
-        tracing::debug!(run_id = %self.run_id, first_seq, records = pending.len(), "journal commit");
+        tracing::debug!(run_id = %self.run_id, first_seq, records = count, "journal commit");
         self.store.append(request).await?;
-        let mut out = Vec::new();
-        for (offset, p) in pending.into_iter().enumerate() {
-            let seq = first_seq + offset as u64;
-            let events = self
-                .projector
-                .project(seq, p.record.kind, &p.record.payload)?;
-            out.extend(events.into_iter().skip(p.already_emitted));
-        }
-        Ok(out)
+        Ok(events)
     }
 
     /// Delivers committed events to the consumer (back-pressure applies here).
     pub(crate) async fn deliver(&mut self, events: Vec<Event>) {
-        for event in events {
-            self.sink.send(event).await;
-        }
+        self.sink.send_batch(events).await;
     }
 }

@@ -1,7 +1,7 @@
 //! The runtime handle: builds the engine from a spec and host callbacks, starts,
 //! resumes, inspects, replays and verifies runs.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
@@ -38,7 +38,8 @@ pub struct RuntimeOptions {
     pub handle: tokio::runtime::Handle,
     /// Environment lookup for provider keys (`apiKeyEnv`).
     pub env: EnvLookup,
-    /// How many events a stream buffers before the run waits for its consumer.
+    /// How many commits' worth of events a stream buffers before the run waits for its
+    /// consumer (events travel one batch per commit).
     pub event_buffer: usize,
 }
 
@@ -105,7 +106,9 @@ pub struct Runtime {
 /// A run's event stream. The run starts on the first [`RunStream::next`].
 pub struct RunStream {
     run_id: String,
-    rx: Option<mpsc::Receiver<Event>>,
+    rx: Option<mpsc::Receiver<Vec<Event>>>,
+    /// The rest of the batch `rx` last gave.
+    buffered: VecDeque<Event>,
     done: Option<oneshot::Receiver<Result<RunEnd, EngineError>>>,
     start: Option<Box<dyn FnOnce(bool) + Send>>,
     cancel_before_start: bool,
@@ -123,9 +126,15 @@ impl RunStream {
         if let Some(start) = self.start.take() {
             start(self.cancel_before_start);
         }
+        if let Some(event) = self.buffered.pop_front() {
+            return Some(Ok(event));
+        }
         if let Some(rx) = &mut self.rx {
-            if let Some(event) = rx.recv().await {
-                return Some(Ok(event));
+            while let Some(batch) = rx.recv().await {
+                self.buffered.extend(batch);
+                if let Some(event) = self.buffered.pop_front() {
+                    return Some(Ok(event));
+                }
             }
             self.rx = None;
         }
@@ -144,7 +153,17 @@ impl RunStream {
         if let Some(start) = self.start.take() {
             start(self.cancel_before_start);
         }
-        self.rx.as_mut()?.try_recv().ok()
+        if let Some(event) = self.buffered.pop_front() {
+            return Some(event);
+        }
+        let rx = self.rx.as_mut()?;
+        while let Ok(batch) = rx.try_recv() {
+            self.buffered.extend(batch);
+            if let Some(event) = self.buffered.pop_front() {
+                return Some(event);
+            }
+        }
+        None
     }
 
     /// Cancels the run durably (before or after it started).
@@ -475,6 +494,7 @@ impl Runtime {
         RunStream {
             run_id: run.to_string(),
             rx: Some(rx),
+            buffered: VecDeque::new(),
             done: Some(done_rx),
             start: Some(start),
             cancel_before_start: false,
