@@ -1098,4 +1098,72 @@ mod tests {
         assert_eq!(store.shared().gate_for_test().unsynced_since, None);
         assert_eq!(store.shared().gate_for_test().non_durable, 0);
     }
+
+    #[test]
+    fn in_memory_commits_are_non_durable_yet_read_at_once_and_reclaimed() {
+        let store = Store::in_memory().unwrap();
+        let run = ulid::Ulid(11);
+        let mut create = request(run, Some(1), 1);
+        create
+            .index_updates
+            .push(crate::IndexUpdate::CreateRun(crate::RunMeta {
+                run_id: run,
+                tenant: "t".into(),
+                thread: "th".into(),
+                agent: "a".into(),
+                status: crate::RunStatus::Running,
+                created_at_ms: 1,
+                updated_at_ms: 1,
+                parent: None,
+            }));
+        store.append_blocking(create).unwrap();
+        let allocated = || {
+            let txn = store.raw_db().unwrap().begin_write().unwrap();
+            let pages = txn.stats().unwrap().allocated_pages();
+            txn.abort().unwrap();
+            pages
+        };
+        let mut durable_commits = 0;
+        let mut after_warm_up = 0;
+        let statuses = [crate::RunStatus::Suspended, crate::RunStatus::Running];
+        for i in 0..3_000u64 {
+            // Every 10th request adds a record; the others rewrite the run's status only, so
+            // the live data stays about the same size while pages keep being replaced.
+            let mut req = if i % 10 == 0 {
+                request(run, None, 1)
+            } else {
+                AppendRequest::default()
+            };
+            let status = statuses[(i % 2) as usize];
+            req.index_updates.push(crate::IndexUpdate::SetRunStatus {
+                run_id: run,
+                status,
+                at_ms: i as i64,
+            });
+            store.append_blocking(req).unwrap();
+            // Reads see every acknowledged append at once.
+            assert_eq!(store.last_seq(run).unwrap(), 2 + i / 10);
+            assert_eq!(store.run(run).unwrap().unwrap().meta.status, status);
+            let non_durable = store.shared().gate_for_test().non_durable;
+            assert!(non_durable < writer::MEMORY_DURABLE_EVERY);
+            if non_durable == 0 {
+                durable_commits += 1;
+            }
+            if i == 500 {
+                after_warm_up = allocated();
+            }
+        }
+        assert_eq!(
+            durable_commits,
+            3_001 / u64::from(writer::MEMORY_DURABLE_EVERY),
+            "one durable commit in MEMORY_DURABLE_EVERY"
+        );
+        assert_eq!(store.shared().paths_taken().0, 3_001, "all inline");
+        let end = allocated();
+        assert!(
+            end <= after_warm_up + 16,
+            "pages grew from {after_warm_up} to {end}"
+        );
+        assert_eq!(store.records(run, 1).unwrap().len() as u64, 2 + 2_999 / 10);
+    }
 }
