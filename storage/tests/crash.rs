@@ -3,8 +3,12 @@
 //! reopens the file and checks that every acknowledged record is there, intact, with
 //! contiguous seqs, and that the store keeps working.
 //!
-//! `FLOWAI_CRASH_KILLS` sets the number of kills (default 50), `FLOWAI_CRASH_SEED` the
-//! schedule's seed (printed on failure).
+//! Two shapes of child: one appending thread per run (concurrent appenders: the group-commit
+//! writer's batches) and one thread appending to every run in turn (a lone appender: its
+//! commits run inline, on its own thread).
+//!
+//! `FLOWAI_CRASH_KILLS` sets the number of kills (default 50) of each test,
+//! `FLOWAI_CRASH_SEED` the schedule's seed (printed on failure).
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,6 +24,8 @@ use flowai_storage::{
 };
 
 const CHILD_ENV: &str = "FLOWAI_CRASH_CHILD";
+/// How many appending threads the child runs (default: one per run).
+const THREADS_ENV: &str = "FLOWAI_CRASH_CHILD_THREADS";
 const RUNS: usize = 4;
 
 fn run_id(i: usize) -> RunId {
@@ -99,28 +105,40 @@ impl XorShift {
     }
 }
 
-/// The child: one appending thread per run, each printing its acknowledgements.
+/// The child: appending threads (thread `t` appends to the runs `i` with `i % threads == t`,
+/// in turn), each printing its acknowledgements.
 #[test]
 fn crash_child_entry() {
     let Ok(path) = std::env::var(CHILD_ENV) else {
         return;
     };
+    let threads: usize = std::env::var(THREADS_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RUNS)
+        .clamp(1, RUNS);
     let store = Store::open(&path, StoreOptions::default()).unwrap();
     println!("ready");
-    let threads: Vec<_> = (0..RUNS)
-        .map(|i| {
+    let threads: Vec<_> = (0..threads)
+        .map(|t| {
             let store = store.clone();
+            let runs: Vec<usize> = (t..RUNS).step_by(threads).collect();
             std::thread::spawn(move || {
-                let mut rng = XorShift(0x2545_F491_4F6C_DD1D ^ (i as u64 + 1));
-                let mut next = store.last_seq(run_id(i)).unwrap() + 1;
+                let mut rng = XorShift(0x2545_F491_4F6C_DD1D ^ (t as u64 + 1));
+                let mut next: Vec<u64> = runs
+                    .iter()
+                    .map(|&i| store.last_seq(run_id(i)).unwrap() + 1)
+                    .collect();
                 // Far more than a child lives to write: the parent kills it long before.
                 for _ in 0..1_000_000 {
-                    let n = 1 + rng.below(4);
-                    let last = append(&store, i, next, n);
-                    let mut out = std::io::stdout().lock();
-                    writeln!(out, "ack {i} {last}").unwrap();
-                    out.flush().unwrap();
-                    next = last + 1;
+                    for (k, &i) in runs.iter().enumerate() {
+                        let n = 1 + rng.below(4);
+                        let last = append(&store, i, next[k], n);
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "ack {i} {last}").unwrap();
+                        out.flush().unwrap();
+                        next[k] = last + 1;
+                    }
                 }
             })
         })
@@ -186,6 +204,20 @@ fn acknowledged_records_survive_sigkill() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
+    kill_and_verify(RUNS, "concurrent appenders");
+}
+
+#[test]
+fn acknowledged_records_of_a_lone_appender_survive_sigkill() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    kill_and_verify(1, "a lone appender");
+}
+
+/// Kills a child with `threads` appending threads at random moments, verifying the store
+/// after each kill.
+fn kill_and_verify(threads: usize, shape: &str) {
     let kills: usize = std::env::var("FLOWAI_CRASH_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -210,7 +242,7 @@ fn acknowledged_records_survive_sigkill() {
     let started = std::time::Instant::now();
 
     for k in 0..kills {
-        let context = format!("seed {seed}, kill {k}");
+        let context = format!("{shape}: seed {seed}, kill {k}");
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
@@ -219,6 +251,7 @@ fn acknowledged_records_survive_sigkill() {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, &path)
+            .env(THREADS_ENV, threads.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -292,7 +325,7 @@ fn acknowledged_records_survive_sigkill() {
         recoveries += usize::from(verify(&path, &mut acked, &context));
     }
     eprintln!(
-        "crash test: {kills} kills ({recoveries} left a file needing recovery), {total_acks} acknowledged appends, {} records, {:?} (seed {seed})",
+        "crash test, {shape}: {kills} kills ({recoveries} left a file needing recovery), {total_acks} acknowledged appends, {} records, {:?} (seed {seed})",
         acked.iter().sum::<u64>(),
         started.elapsed()
     );

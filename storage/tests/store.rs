@@ -229,6 +229,103 @@ async fn concurrent_async_appends_get_disjoint_contiguous_seqs() {
     }
 }
 
+/// A file store used by one appender (inline commits), then by many at once (the writer's
+/// group commit), then by one again: every record is there after reopening, in order, with
+/// contiguous seqs, whichever path committed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_store_switching_between_one_and_many_appenders_keeps_every_record() {
+    let dir = tmp();
+    let path = dir.path().join("switch.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let lone = RunId::generate();
+    let shared = RunId::generate();
+    fn one(run: RunId, expected: Option<u64>, payload: String) -> AppendRequest {
+        AppendRequest {
+            run: Some(RunAppend {
+                run_id: run,
+                expected_first_seq: expected,
+                records: vec![rec(RecordKind::StreamEmitted, &payload)],
+            }),
+            ..Default::default()
+        }
+    }
+    async fn lone_phase(store: &Store, run: RunId, next: &mut u64) {
+        for _ in 0..20 {
+            let ack = store
+                .append(one(run, Some(*next), format!("{}", *next)))
+                .await
+                .unwrap();
+            assert_eq!(ack.first_seq, *next);
+            *next += 1;
+        }
+    }
+    let mut next = 1;
+    lone_phase(&store, lone, &mut next).await;
+
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let own = RunId::generate();
+                let mut shared_firsts = Vec::new();
+                for i in 1..=25u64 {
+                    let ack = store
+                        .append(one(own, Some(i), format!("{i}")))
+                        .await
+                        .unwrap();
+                    assert_eq!(ack.first_seq, i);
+                    let ack = store
+                        .append(one(shared, None, format!("[{t},{i}]")))
+                        .await
+                        .unwrap();
+                    shared_firsts.push(ack.first_seq);
+                }
+                (own, shared_firsts)
+            })
+        })
+        .collect();
+    let mut owns = Vec::new();
+    let mut shared_firsts = Vec::new();
+    for task in tasks {
+        let (own, firsts) = task.await.unwrap();
+        owns.push(own);
+        shared_firsts.extend(firsts);
+    }
+    lone_phase(&store, lone, &mut next).await;
+    store.close().unwrap();
+    drop(store);
+
+    let store = Store::open_read_only(&path).unwrap();
+    let payloads = |run: RunId| -> Vec<(u64, String)> {
+        store
+            .records(run, 1)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.seq, r.record.payload))
+            .collect()
+    };
+    let numbered = |n: u64| (1..=n).map(|i| (i, format!("{i}"))).collect::<Vec<_>>();
+    assert_eq!(payloads(lone), numbered(40));
+    for own in owns {
+        assert_eq!(payloads(own), numbered(25));
+    }
+    shared_firsts.sort_unstable();
+    assert_eq!(shared_firsts, (1..=400).collect::<Vec<_>>());
+    let shared_records = payloads(shared);
+    assert_eq!(shared_records.len(), 400);
+    // Each task's records of the shared run are in the order it appended them.
+    for t in 0..16 {
+        let mine: Vec<u64> = shared_records
+            .iter()
+            .filter_map(|(_, p)| {
+                let v: Vec<u64> = serde_json::from_str(p).unwrap();
+                (v[0] == t).then_some(v[1])
+            })
+            .collect();
+        assert_eq!(mine, (1..=25).collect::<Vec<_>>());
+    }
+}
+
 #[test]
 fn runs_index_lists_newest_first_by_tenant_thread_and_status() {
     let store = Store::in_memory().unwrap();
