@@ -118,6 +118,9 @@ impl Drop for Inner {
 
 const SPIN_MICROS: u64 = writer::SPIN.as_micros() as u64;
 
+/// redb page cache of an in-memory store, whose pages already live in memory.
+const IN_MEMORY_CACHE_BYTES: usize = 4 << 20;
+
 /// Stores open in this process, by canonical path. Weak: the registry never keeps one open.
 static REGISTRY: LazyLock<Mutex<HashMap<PathBuf, Weak<Inner>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
@@ -356,6 +359,7 @@ impl Store {
     }
 
     /// A store in memory (redb's in-memory backend), through the same code as a file store.
+    /// Its pages live in that backend; redb's own page cache is kept small (4 MiB).
     pub fn in_memory() -> Result<Store, StoreError> {
         Self::in_memory_with(Durability::Immediate)
     }
@@ -364,7 +368,11 @@ impl Store {
     /// path taken, useful to test it).
     pub fn in_memory_with(durability: Durability) -> Result<Store, StoreError> {
         let label = "<memory>".to_owned();
+        // redb's page cache (1 GiB by default) would hold a second copy of pages that already
+        // live in memory; a small one keeps the write buffer it needs, and is slightly faster
+        // (13.8 against 15.5 µs per 3-record commit, measured with redb alone).
         let db = redb::Builder::new()
+            .set_cache_size(IN_MEMORY_CACHE_BYTES)
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .db(&label)?;
         let inner = Self::start(db, None, label, durability)?;
