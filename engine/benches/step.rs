@@ -149,8 +149,10 @@ fn steps(c: &mut Criterion) {
     if filter.is_some_and(|f| !"per_step".contains(f.as_str())) {
         return;
     }
-    let memory = runtime(Store::in_memory().expect("store"), tokio.handle().clone());
-    per_step("memory", 50, || tokio.block_on(one_run(&memory, &prompt)));
+    if std::env::var_os("FLOWAI_BENCH_FILE_ONLY").is_none() {
+        let memory = runtime(Store::in_memory().expect("store"), tokio.handle().clone());
+        per_step("memory", 50, || tokio.block_on(one_run(&memory, &prompt)));
+    }
     per_step("file_immediate", 10, || {
         tokio.block_on(one_run(&rt, &prompt))
     });

@@ -62,6 +62,7 @@ mod reference;
 mod store;
 mod tables;
 mod types;
+mod wal;
 mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};

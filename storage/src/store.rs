@@ -14,6 +14,7 @@ use crate::StoreError;
 use crate::clock::{Clock, SystemClock};
 use crate::tables::{self, FORMAT_VERSION};
 use crate::types::{AppendAck, AppendRequest};
+use crate::wal::{self, WalBackend};
 use crate::writer::{self, Msg, Policy, Reply, Shared};
 
 /// How commits reach the disk.
@@ -155,6 +156,17 @@ impl<T, E: Into<redb::Error>> DbResult<T> for Result<T, E> {
     }
 }
 
+/// A failed writer open: another holder of the file, or what redb said.
+fn locked_or_db(label: &str, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+            path: label.to_owned(),
+            hint: "another process has it open (only one process may write a store; a read-only tool may also hold it); stop that process or wait for it to finish".into(),
+        },
+        e => StoreError::db(label, e),
+    }
+}
+
 fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io {
         path: path.display().to_string(),
@@ -253,12 +265,33 @@ impl Store {
         // A store of this process that is being dropped on another thread may hold the file a
         // moment longer; only then is waiting for it worth it.
         let mut attempts = if stale { 200 } else { 1 };
+        if options.shared_reads && wal::wal_path(&canonical).exists() {
+            // Readers of other processes see the store file only: fold a log left by a
+            // crashed writer into it first (a writer open of its own, closed right away).
+            let folded = WalBackend::open(&canonical, true, wal::DEFAULT_LOG_SIZE)
+                .map_err(|e| io_err(&canonical, e))
+                .and_then(|backend| {
+                    redb::Builder::new()
+                        .create_with_backend(backend)
+                        .map_err(|e| locked_or_db(&label, e))
+                });
+            folded?.close().db(&label)?;
+        }
         let db = loop {
             attempts -= 1;
-            match redb::Builder::new()
-                .set_concurrency_mode(mode)
-                .create(&canonical)
-            {
+            let opened = if options.shared_reads {
+                redb::Builder::new()
+                    .set_concurrency_mode(mode)
+                    .create(&canonical)
+            } else {
+                // The default: commits go to the write-ahead log (see `wal`).
+                let backend = WalBackend::open(&canonical, true, wal::DEFAULT_LOG_SIZE)
+                    .map_err(|e| io_err(&canonical, e))?;
+                redb::Builder::new()
+                    .set_concurrency_mode(mode)
+                    .create_with_backend(backend)
+            };
+            match opened {
                 Ok(db) => break db,
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if attempts > 0 => {
                     std::thread::sleep(Duration::from_millis(10));
@@ -311,9 +344,11 @@ impl Store {
             });
         }
         let open = |mode| {
+            let backend = WalBackend::open(&canonical, false, wal::DEFAULT_LOG_SIZE)
+                .map_err(redb::DatabaseError::from)?;
             redb::Builder::new()
                 .set_concurrency_mode(mode)
-                .open_read_only(&canonical)
+                .open_read_only_with_backend(backend)
         };
         // Try the exclusive-writer protocol first (no writer, or a file nobody holds); a
         // writer with shared_reads refuses it, and then the shared protocol is the one to use.

@@ -148,24 +148,45 @@ fn crash_child_entry() {
     }
 }
 
+/// The store file and its write-ahead log, as bytes (`None` for a missing file).
+fn files(path: &Path) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    (std::fs::read(path).ok(), std::fs::read(wal).ok())
+}
+
 /// Checks the reopened store against the acknowledgements; appends one more record per run.
-fn verify(path: &Path, acked: &mut [u64; RUNS], context: &str) -> bool {
+/// With `shared_reads` the writer first folds the write-ahead log into the store file.
+fn verify(path: &Path, acked: &mut [u64; RUNS], context: &str, shared_reads: bool) -> bool {
     // A read-only open never repairs: after a crash it either reads (the kill came before
     // anything was written) or asks for a writer open, and leaves the file as it was.
     let mut needed_recovery = false;
     if path.exists() {
-        let before = std::fs::read(path).unwrap();
+        let before = files(path);
         match Store::open_read_only(path) {
             Ok(store) => store.close().unwrap(),
             Err(StoreError::NeedsRecovery { .. }) => needed_recovery = true,
             Err(e) => panic!("{context}: read-only open after a crash: {e}"),
         }
         assert!(
-            std::fs::read(path).unwrap() == before,
-            "{context}: read-only open changed the file"
+            files(path) == before,
+            "{context}: read-only open changed the store file or its log"
         );
     }
-    let store = Store::open(path, StoreOptions::default()).unwrap();
+    let store = Store::open(
+        path,
+        StoreOptions {
+            shared_reads,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    if shared_reads {
+        assert!(
+            files(path).1.is_none(),
+            "{context}: a shared_reads writer runs without the log"
+        );
+    }
     for (i, acked) in acked.iter_mut().enumerate() {
         let run = run_id(i);
         let records = store.records(run, 1).unwrap();
@@ -322,7 +343,7 @@ fn kill_and_verify(threads: usize, shape: &str) {
             acked[i] = acked[i].max(seq);
             total_acks += 1;
         }
-        recoveries += usize::from(verify(&path, &mut acked, &context));
+        recoveries += usize::from(verify(&path, &mut acked, &context, k % 4 == 3));
     }
     eprintln!(
         "crash test, {shape}: {kills} kills ({recoveries} left a file needing recovery), {total_acks} acknowledged appends, {} records, {:?} (seed {seed})",

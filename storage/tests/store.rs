@@ -11,7 +11,7 @@ use flowai_storage::{
     PlanRow, Precondition, Record, RecordKind, ReferenceEntry, RunAppend, RunFilter, RunId,
     RunMeta, RunStatus, Store, StoreError, StoreOptions, reference_id,
 };
-use redb::ReadableTable;
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde_json::json;
 
 fn rec(kind: RecordKind, payload: &str) -> Record {
@@ -630,6 +630,35 @@ fn eventual_durability_acknowledges_and_persists_at_close() {
     }
     let store = Store::open_read_only(&path).unwrap();
     assert_eq!(store.last_seq(run).unwrap(), 21);
+}
+
+fn wal_of(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// Commits go to `<store>-wal` while the store is open; a clean close folds them into the
+/// store file and removes the log, so a closed store is one self-contained file.
+#[test]
+fn a_closed_store_is_one_file_and_its_commits_are_in_it() {
+    let dir = tmp();
+    let path = dir.path().join("one-file.redb");
+    let run = RunId::generate();
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    start_run(&store, run, "t", "th", RunStatus::Completed);
+    for _ in 0..300 {
+        append(&store, run, 3).unwrap();
+    }
+    assert!(wal_of(&path).exists(), "an open store writes its log");
+    store.close().unwrap();
+    assert!(!wal_of(&path).exists(), "a clean close removes the log");
+
+    // redb alone, knowing nothing of the log, reads every record from the store file.
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let journal: redb::TableDefinition<&[u8; 24], &[u8]> = redb::TableDefinition::new("journal");
+    assert_eq!(txn.open_table(journal).unwrap().len().unwrap(), 901);
 }
 
 #[test]

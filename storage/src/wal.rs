@@ -1,0 +1,947 @@
+//! A redb storage backend that makes a commit one sequential write to a log file.
+//!
+//! redb commits copy-on-write: a one-record commit rewrites about eight 4 KiB pages spread
+//! over the file, and each separate range is its own block request at the fdatasync. On a
+//! virtualized disk that costs twice a sequential append of the same bytes (FORMAT.md has
+//! the figures). This backend keeps the file the same redb file, but between checkpoints it
+//! writes what redb writes into `<store>-wal` instead:
+//!
+//! - `write` and `set_len` change an in-memory image of the file (the pages changed since
+//!   the last checkpoint over the file itself) and are remembered as pending;
+//! - `sync_data` appends one *frame* with every byte range changed since the previous frame
+//!   to the log, which is preallocated, and fdatasyncs the log: one sequential write;
+//! - when the log is full (and at close) a *checkpoint* writes the image into the store
+//!   file, fdatasyncs it, then starts a new log generation.
+//!
+//! A frame is valid only whole: its checksum chains from the previous frame's and from the
+//! generation's random salt, so a torn frame, a frame of an older generation or bytes that
+//! merely look like a frame end the log. After a crash, opening replays the valid frames
+//! onto the image: redb sees its file exactly as of its last `sync_data`, which is what it
+//! requires. Reading never changes either file; only a writer (after redb took its lock)
+//! appends, checkpoints and, at close, removes the log.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Bound;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use redb::backends::FileBackend;
+use redb::{BackendError, StorageBackend};
+
+/// Page-sized unit of the image (redb's page size).
+const CHUNK: u64 = 4096;
+/// Log header: magic, version, salt, checksum. Frames start at [`FRAMES_START`].
+const WAL_MAGIC: &[u8; 8] = b"FLOWAIWL";
+const WAL_VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 16;
+const FRAMES_START: u64 = 4096;
+const FRAME_MAGIC: u32 = 0x464c_5746;
+/// magic, body length, frame number, shortest length since the previous frame, length.
+const FRAME_HEADER_LEN: usize = 4 + 4 + 8 + 8 + 8;
+const CHECKSUM_LEN: usize = 16;
+/// One range in a frame body: offset, length, bytes.
+const RANGE_HEADER_LEN: usize = 8 + 4;
+
+/// How big the log is. It is written full of zeros, so that appending a frame changes no
+/// file metadata and the fdatasync writes only the frame; a checkpoint runs when a frame
+/// would not fit. A new log starts small (a fresh store opens fast) and doubles at each
+/// checkpoint up to `max` (checkpoints then come every ~240 one-step commits).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LogSize {
+    pub initial: u64,
+    pub max: u64,
+}
+
+pub(crate) const DEFAULT_LOG_SIZE: LogSize = LogSize {
+    initial: 1 << 20,
+    max: 8 << 20,
+};
+
+/// The log of the store at `path`.
+pub(crate) fn wal_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+type Checksum = [u8; CHECKSUM_LEN];
+
+/// xxh3-128 seeded with the generation's salt. Not a MAC: the salt is what keeps bytes
+/// that were never a frame of this generation (old frames, user data inside pages) from
+/// passing, and the chaining what keeps frames in their order.
+fn checksum(seed: u64, parts: &[&[u8]]) -> Checksum {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(seed);
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.digest128().to_le_bytes()
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// The file as redb sees it: the store file up to `base_len`, zeros beyond it, with the
+/// chunks changed since the last checkpoint on top.
+#[derive(Default)]
+struct Image {
+    chunks: BTreeMap<u64, Box<[u8]>>,
+    /// Bytes of the store file that still count; a shrink since the checkpoint lowers it.
+    base_len: u64,
+    len: u64,
+}
+
+impl Image {
+    /// Fills `out` with the store file's bytes at `offset`, zeros past `base_len`.
+    fn read_base(&self, main: &FileBackend, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let from_file = self.base_len.saturating_sub(offset).min(out.len() as u64) as usize;
+        if from_file > 0 {
+            main.read(offset, &mut out[..from_file])?;
+        }
+        out[from_file..].fill(0);
+        Ok(())
+    }
+
+    fn read(&self, main: &FileBackend, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let end = offset
+            .checked_add(out.len() as u64)
+            .filter(|end| *end <= self.len)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "read of {} bytes at {offset} past the end ({})",
+                        out.len(),
+                        self.len
+                    ),
+                )
+            })?;
+        let first = offset / CHUNK;
+        let last = end.div_ceil(CHUNK);
+        let changed: Vec<_> = self.chunks.range(first..last).collect();
+        // Whole range changed: no need to touch the file at all.
+        if (changed.len() as u64) < last - first {
+            self.read_base(main, offset, out)?;
+        }
+        for (index, chunk) in changed {
+            let chunk_start = index * CHUNK;
+            let from = offset.max(chunk_start);
+            let to = end.min(chunk_start + CHUNK);
+            out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
+                &chunk[(from - chunk_start) as usize..(to - chunk_start) as usize],
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`, extending the length like a file write does. Calls
+    /// `touched(chunk, from, to)` for each changed byte range within a chunk.
+    fn write(
+        &mut self,
+        main: &FileBackend,
+        offset: u64,
+        data: &[u8],
+        mut touched: impl FnMut(u64, usize, usize),
+    ) -> io::Result<()> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| invalid(format!("write at {offset} overflows")))?;
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / CHUNK;
+            let chunk_start = index * CHUNK;
+            let to = end.min(chunk_start + CHUNK);
+            if !self.chunks.contains_key(&index) {
+                let mut fresh = vec![0u8; CHUNK as usize].into_boxed_slice();
+                let whole = pos == chunk_start && to == chunk_start + CHUNK;
+                if !whole {
+                    let known = self.len.saturating_sub(chunk_start).min(CHUNK) as usize;
+                    self.read_base(main, chunk_start, &mut fresh[..known])?;
+                }
+                self.chunks.insert(index, fresh);
+            }
+            let Some(chunk) = self.chunks.get_mut(&index) else {
+                return Err(io::Error::other(format!("chunk {index} vanished")));
+            };
+            let (from_in, to_in) = ((pos - chunk_start) as usize, (to - chunk_start) as usize);
+            chunk[from_in..to_in]
+                .copy_from_slice(&data[(pos - offset) as usize..(to - offset) as usize]);
+            touched(index, from_in, to_in);
+            pos = to;
+        }
+        self.len = self.len.max(end);
+        Ok(())
+    }
+
+    /// New positions read as zeros, as for a file.
+    fn set_len(&mut self, len: u64) {
+        if len < self.len {
+            self.base_len = self.base_len.min(len);
+            let first_gone = len.div_ceil(CHUNK);
+            self.chunks.split_off(&first_gone);
+            let cut = (len % CHUNK) as usize;
+            if cut != 0
+                && let Some(chunk) = self.chunks.get_mut(&(len / CHUNK))
+            {
+                chunk[cut..].fill(0);
+            }
+        }
+        self.len = len;
+    }
+}
+
+/// What changed since the last frame.
+#[derive(Default)]
+struct Pending {
+    /// Chunk index → changed byte range within it.
+    ranges: BTreeMap<u64, (usize, usize)>,
+    /// The shortest length the file had since the last frame.
+    min_len: u64,
+    len_changed: bool,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.ranges.is_empty() && !self.len_changed
+    }
+
+    fn touch(&mut self, index: u64, from: usize, to: usize) {
+        self.ranges
+            .entry(index)
+            .and_modify(|r| *r = (r.0.min(from), r.1.max(to)))
+            .or_insert((from, to));
+    }
+}
+
+/// The open log of a writer.
+struct Log {
+    file: File,
+    capacity: u64,
+    salt: u64,
+    /// Checksum of the last valid frame (of the header before the first).
+    prev: Checksum,
+    next_frame: u64,
+    /// Where the next frame goes.
+    end: u64,
+}
+
+struct State {
+    image: Image,
+    pending: Pending,
+    log: Option<Log>,
+    /// A log read at open whose generation continues (valid header).
+    recovered: Option<Log>,
+    /// redb wrote through this backend, so it holds redb's write lock.
+    wrote: bool,
+    closed: bool,
+}
+
+pub(crate) struct WalBackend {
+    main: FileBackend,
+    path: PathBuf,
+    wal_path: PathBuf,
+    writable: bool,
+    size: LogSize,
+    state: RwLock<State>,
+}
+
+impl fmt::Debug for WalBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WalBackend")
+            .field("path", &self.path)
+            .field("writable", &self.writable)
+            .finish()
+    }
+}
+
+impl WalBackend {
+    /// A backend over the store file at `path` (opened here), with the frames of its log
+    /// replayed. Changes no file: writing starts only when redb writes, after its lock.
+    pub(crate) fn open(path: &Path, writable: bool, size: LogSize) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(writable).open(path)?;
+        let main = FileBackend::new(file).map_err(|e| io::Error::other(e.to_string()))?;
+        let wal_path = wal_path(path);
+        let base_len = main.len()?;
+        let mut image = Image {
+            chunks: BTreeMap::new(),
+            base_len,
+            len: base_len,
+        };
+        let recovered = match std::fs::read(&wal_path) {
+            Ok(bytes) => replay(&bytes, &mut image, &main)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let recovered = match (recovered, writable) {
+            (Some((salt, prev, next_frame, end)), true) => {
+                let file = OpenOptions::new().read(true).write(true).open(&wal_path)?;
+                let capacity = file.metadata()?.len();
+                Some(Log {
+                    file,
+                    capacity,
+                    salt,
+                    prev,
+                    next_frame,
+                    end,
+                })
+            }
+            _ => None,
+        };
+        let len = image.len;
+        Ok(WalBackend {
+            main,
+            path: path.to_path_buf(),
+            wal_path,
+            writable,
+            size,
+            state: RwLock::new(State {
+                image,
+                pending: Pending {
+                    min_len: len,
+                    ..Pending::default()
+                },
+                log: None,
+                recovered,
+                wrote: false,
+                closed: false,
+            }),
+        })
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_state(&self) -> io::Result<RwLockWriteGuard<'_, State>> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} is open read-only", self.path.display()),
+            ));
+        }
+        let state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if state.closed {
+            return Err(io::Error::other(format!(
+                "{} is closed",
+                self.path.display()
+            )));
+        }
+        Ok(state)
+    }
+
+    fn new_log(&self) -> io::Result<Log> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(&self.wal_path)?;
+        let have = file.metadata()?.len();
+        let capacity = have.max(self.size.initial).max(FRAMES_START + CHUNK);
+        extend_with_zeros(&file, have, capacity)?;
+        let mut log = Log {
+            file,
+            capacity,
+            salt: 0,
+            prev: [0; CHECKSUM_LEN],
+            next_frame: 0,
+            end: FRAMES_START,
+        };
+        start_generation(&mut log)?;
+        if have < capacity {
+            // The log's directory entry must outlive a crash, or so would not its frames.
+            sync_parent_dir(&self.wal_path)?;
+        }
+        Ok(log)
+    }
+
+    /// Appends the pending changes as one frame and fdatasyncs it; checkpoints instead when
+    /// the frame does not fit in the log.
+    fn sync(&self, state: &mut State) -> io::Result<()> {
+        if state.pending.is_empty() {
+            return Ok(());
+        }
+        let len = frame_len(&state.pending, &state.image);
+        if FRAMES_START + len > self.size.max {
+            return self.checkpoint(state, usize::MAX);
+        }
+        let mut log = match (state.log.take(), state.recovered.take()) {
+            (Some(log), _) | (None, Some(log)) => log,
+            (None, None) => self.new_log()?,
+        };
+        if log.end + len > log.capacity {
+            state.log = Some(log);
+            return self.checkpoint(state, usize::MAX);
+        }
+        let result = append_frame(&mut log, &state.image, &state.pending, len);
+        state.log = Some(log);
+        result?;
+        state.pending = Pending {
+            min_len: state.image.len,
+            ..Pending::default()
+        };
+        Ok(())
+    }
+
+    /// Writes the image into the store file and fdatasyncs it, then starts a new log
+    /// generation, after which the old frames no longer count. `chunk_limit` stops after
+    /// that many chunk writes, as a crash would (tests only pass less than `usize::MAX`).
+    fn checkpoint(&self, state: &mut State, chunk_limit: usize) -> io::Result<()> {
+        let image = &mut state.image;
+        let file_len = self.main.len()?;
+        if file_len > image.base_len {
+            self.main.set_len(image.base_len)?;
+        }
+        if image.len != image.base_len.min(file_len) {
+            self.main.set_len(image.len)?;
+        }
+        // Adjacent chunks go out as one write.
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start = 0u64;
+        for (written, (index, chunk)) in image.chunks.iter().enumerate() {
+            if written == chunk_limit {
+                return Err(io::Error::other("checkpoint stopped (test)"));
+            }
+            let start = index * CHUNK;
+            let n = image.len.saturating_sub(start).min(CHUNK) as usize;
+            if !run.is_empty() && run_start + run.len() as u64 != start {
+                self.main.write(run_start, &run)?;
+                run.clear();
+            }
+            if run.is_empty() {
+                run_start = start;
+            }
+            run.extend_from_slice(&chunk[..n]);
+            if chunk_limit != usize::MAX {
+                self.main.write(run_start, &run)?;
+                run.clear();
+            }
+        }
+        if !run.is_empty() {
+            self.main.write(run_start, &run)?;
+        }
+        self.main.sync_data()?;
+        image.chunks.clear();
+        image.base_len = image.len;
+        state.pending = Pending {
+            min_len: image.len,
+            ..Pending::default()
+        };
+        // Only now may the old frames stop counting: the store file holds all they said.
+        if let Some(log) = state.log.as_mut().or(state.recovered.as_mut()) {
+            if log.capacity < self.size.max {
+                let grown = (log.capacity * 2).min(self.size.max);
+                extend_with_zeros(&log.file, log.capacity, grown)?;
+                log.capacity = grown;
+            }
+            start_generation(log)?;
+        }
+        Ok(())
+    }
+
+    /// Test hook: a crash in the middle of a checkpoint.
+    #[cfg(test)]
+    pub(crate) fn checkpoint_partially(&self, chunks: usize) -> io::Result<()> {
+        let mut state = self.write_state()?;
+        self.checkpoint(&mut state, chunks)
+    }
+
+    /// Test hook: how many chunks the image holds over the store file.
+    #[cfg(test)]
+    pub(crate) fn image_chunks(&self) -> usize {
+        self.read_state().image.chunks.len()
+    }
+}
+
+fn frame_len(pending: &Pending, image: &Image) -> u64 {
+    let body: u64 = pending
+        .ranges
+        .iter()
+        .map(|(index, (from, to))| {
+            RANGE_HEADER_LEN as u64
+                + clip(*index, *from, *to, image.len).map_or(0, |(f, t)| (t - f) as u64)
+        })
+        .sum();
+    (FRAME_HEADER_LEN + CHECKSUM_LEN) as u64 + body
+}
+
+/// The part of a chunk's byte range that lies below `len`.
+fn clip(index: u64, from: usize, to: usize, len: u64) -> Option<(usize, usize)> {
+    let in_chunk = len.saturating_sub(index * CHUNK).min(CHUNK) as usize;
+    let to = to.min(in_chunk);
+    (from < to).then_some((from, to))
+}
+
+fn append_frame(log: &mut Log, image: &Image, pending: &Pending, len: u64) -> io::Result<()> {
+    let mut frame = Vec::with_capacity(len as usize);
+    frame.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
+    frame.extend_from_slice(&0u32.to_le_bytes()); // body length, set below
+    frame.extend_from_slice(&log.next_frame.to_le_bytes());
+    frame.extend_from_slice(&pending.min_len.to_le_bytes());
+    frame.extend_from_slice(&image.len.to_le_bytes());
+    for (index, (from, to)) in &pending.ranges {
+        let Some((from, to)) = clip(*index, *from, *to, image.len) else {
+            continue;
+        };
+        let chunk = image.chunks.get(index).ok_or_else(|| {
+            io::Error::other(format!("changed chunk {index} missing from the image"))
+        })?;
+        frame.extend_from_slice(&(index * CHUNK + from as u64).to_le_bytes());
+        frame.extend_from_slice(&((to - from) as u32).to_le_bytes());
+        frame.extend_from_slice(&chunk[from..to]);
+    }
+    let body_len = frame.len() - FRAME_HEADER_LEN;
+    let body_len =
+        u32::try_from(body_len).map_err(|_| invalid(format!("frame body of {body_len} bytes")))?;
+    frame[4..8].copy_from_slice(&body_len.to_le_bytes());
+    let sum = checksum(log.salt, &[&log.prev, &frame]);
+    frame.extend_from_slice(&sum);
+    log.file.write_all_at(&frame, log.end)?;
+    log.file.sync_data()?;
+    log.prev = sum;
+    log.next_frame += 1;
+    log.end += frame.len() as u64;
+    Ok(())
+}
+
+/// Real zeros, not fallocate: writing into unwritten extents would make every frame's
+/// fdatasync update the extent tree too. Synced by the caller's next fdatasync.
+fn extend_with_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let zeros = vec![0u8; (to.saturating_sub(from) as usize).min(1 << 20)];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// A new salt in the log header, made durable: every frame before it stops counting.
+fn start_generation(log: &mut Log) -> io::Result<()> {
+    let salt = new_salt(log.salt);
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.extend_from_slice(WAL_MAGIC);
+    header.extend_from_slice(&WAL_VERSION.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    header.extend_from_slice(&salt.to_le_bytes());
+    let sum = checksum(0, &[&header]);
+    header.extend_from_slice(&sum);
+    log.file.write_all_at(&header, 0)?;
+    log.file.sync_data()?;
+    log.salt = salt;
+    log.prev = sum;
+    log.next_frame = 0;
+    log.end = FRAMES_START;
+    Ok(())
+}
+
+/// Random, so that no bytes redb wrote (which include user data) can pass for a frame of
+/// the current generation.
+fn new_salt(previous: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    let random = File::open("/dev/urandom").and_then(|f| f.read_exact_at(&mut bytes, 0));
+    if random.is_err() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let hash = checksum(
+            previous,
+            &[&now.to_le_bytes(), &std::process::id().to_le_bytes()],
+        );
+        bytes.copy_from_slice(&hash[..8]);
+    }
+    u64::from_le_bytes(bytes).max(1) ^ u64::from(previous == u64::from_le_bytes(bytes))
+}
+
+fn sync_parent_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
+    }
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Replays the valid frames of a log onto `image`. Returns the generation to continue
+/// (salt, last checksum, next frame number, end), or `None` when the log holds none.
+fn replay(
+    bytes: &[u8],
+    image: &mut Image,
+    main: &FileBackend,
+) -> io::Result<Option<(u64, Checksum, u64, u64)>> {
+    if bytes.len() < HEADER_LEN || &bytes[..8] != WAL_MAGIC {
+        return Ok(None);
+    }
+    let mut prev = [0u8; CHECKSUM_LEN];
+    prev.copy_from_slice(&bytes[HEADER_LEN - CHECKSUM_LEN..HEADER_LEN]);
+    if checksum(0, &[&bytes[..HEADER_LEN - CHECKSUM_LEN]]) != prev {
+        // A header torn while a new generation started: the store file already held
+        // everything (the checkpoint synced it first).
+        return Ok(None);
+    }
+    let version = read_u32(bytes, 8);
+    if version != WAL_VERSION {
+        return Err(invalid(format!(
+            "write-ahead log version {version} (this build reads version {WAL_VERSION})"
+        )));
+    }
+    let salt = read_u64(bytes, 16);
+    let mut pos = FRAMES_START as usize;
+    let mut number = 0u64;
+    while pos + FRAME_HEADER_LEN <= bytes.len() {
+        let header = &bytes[pos..pos + FRAME_HEADER_LEN];
+        if read_u32(header, 0) != FRAME_MAGIC || read_u64(header, 8) != number {
+            break;
+        }
+        let body_len = read_u32(header, 4) as usize;
+        let end = pos + FRAME_HEADER_LEN + body_len + CHECKSUM_LEN;
+        if end > bytes.len() {
+            break;
+        }
+        let frame = &bytes[pos..end - CHECKSUM_LEN];
+        let sum = checksum(salt, &[&prev, frame]);
+        if sum[..] != bytes[end - CHECKSUM_LEN..end] {
+            break;
+        }
+        let (min_len, len) = (read_u64(header, 16), read_u64(header, 24));
+        image.set_len(min_len.min(image.len));
+        let body = &frame[FRAME_HEADER_LEN..];
+        let mut at = 0;
+        while at < body.len() {
+            if at + RANGE_HEADER_LEN > body.len() {
+                return Err(invalid(format!(
+                    "frame {number} of the write-ahead log is malformed"
+                )));
+            }
+            let offset = read_u64(body, at);
+            let n = read_u32(body, at + 8) as usize;
+            let data_at = at + RANGE_HEADER_LEN;
+            let data = body.get(data_at..data_at + n).ok_or_else(|| {
+                invalid(format!(
+                    "frame {number} of the write-ahead log is malformed"
+                ))
+            })?;
+            image.write(main, offset, data, |_, _, _| {})?;
+            at = data_at + n;
+        }
+        image.set_len(len);
+        prev = sum;
+        number += 1;
+        pos = end;
+    }
+    Ok(Some((salt, prev, number, pos as u64)))
+}
+
+impl StorageBackend for WalBackend {
+    fn len(&self) -> Result<u64, io::Error> {
+        Ok(self.read_state().image.len)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.read_state().image.read(&self.main, offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        let mut state = self.write_state()?;
+        state.wrote = true;
+        let State { image, pending, .. } = &mut *state;
+        image.set_len(len);
+        pending.min_len = pending.min_len.min(len);
+        pending.len_changed = true;
+        let first_gone = len.div_ceil(CHUNK);
+        pending.ranges.split_off(&first_gone);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        let mut state = self.write_state()?;
+        self.sync(&mut state)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        let mut state = self.write_state()?;
+        state.wrote = true;
+        let State { image, pending, .. } = &mut *state;
+        image.write(&self.main, offset, data, |index, from, to| {
+            pending.touch(index, from, to)
+        })
+    }
+
+    fn close(&self) -> Result<(), io::Error> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if state.closed {
+            return Ok(());
+        }
+        state.closed = true;
+        // Only a writer that wrote holds redb's lock for sure: a failed open also closes,
+        // and must leave a live writer's log alone.
+        let mut result = Ok(());
+        if self.writable && state.wrote {
+            result = self.checkpoint(&mut state, usize::MAX).and_then(|()| {
+                match std::fs::remove_file(&self.wal_path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    _ => sync_parent_dir(&self.wal_path),
+                }
+            });
+        }
+        result.and(self.main.close())
+    }
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.main.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.main.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.main.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.main.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.main.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.main.query_lock_range(start, end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SMALL: LogSize = LogSize {
+        initial: 16 << 10,
+        max: 48 << 10,
+    };
+
+    fn new_store_file(dir: &Path) -> PathBuf {
+        let path = dir.join("s.redb");
+        File::create(&path).expect("create");
+        path
+    }
+
+    fn contents(backend: &WalBackend) -> Vec<u8> {
+        let len = backend.len().expect("len") as usize;
+        let mut out = vec![0u8; len];
+        backend.read(0, &mut out).expect("read");
+        out
+    }
+
+    /// What a file does: the model the image must match.
+    fn model_write(model: &mut Vec<u8>, offset: usize, data: &[u8]) {
+        if model.len() < offset + data.len() {
+            model.resize(offset + data.len(), 0);
+        }
+        model[offset..offset + data.len()].copy_from_slice(data);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write {
+            offset: usize,
+            len: usize,
+            byte: u8,
+        },
+        SetLen(usize),
+        Sync,
+        /// The process dies: nothing more reaches either file.
+        Crash,
+        /// The process dies during a checkpoint made right after a sync.
+        CrashInCheckpoint(usize),
+        Close,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0usize..40_000, 1usize..9_000, any::<u8>())
+                .prop_map(|(offset, len, byte)| Op::Write { offset, len, byte }),
+            1 => (0usize..48_000).prop_map(Op::SetLen),
+            4 => Just(Op::Sync),
+            1 => Just(Op::Crash),
+            1 => (0usize..12).prop_map(Op::CrashInCheckpoint),
+            1 => Just(Op::Close),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Whatever the interleaving of writes, syncs, checkpoints (forced often by a small
+        /// log) and crashes, reopening shows the file as of its last sync, and a read-only
+        /// open shows the same without changing a byte of either file.
+        #[test]
+        fn a_reopened_file_is_the_file_as_of_its_last_sync(ops in proptest::collection::vec(op(), 1..60)) {
+            let dir = tempfile::tempdir().expect("dir");
+            let path = new_store_file(dir.path());
+            let mut backend = WalBackend::open(&path, true, SMALL).expect("open");
+            let mut current: Vec<u8> = Vec::new();
+            let mut durable: Vec<u8> = Vec::new();
+            // A writer that wrote nothing leaves a recovered log for the next writer.
+            let mut wrote = false;
+            for op in ops {
+                match op {
+                    Op::Write { offset, len, byte } => {
+                        let data: Vec<u8> = (0..len).map(|i| byte.wrapping_add(i as u8)).collect();
+                        backend.write(offset as u64, &data).expect("write");
+                        wrote = true;
+                        model_write(&mut current, offset, &data);
+                    }
+                    Op::SetLen(len) => {
+                        backend.set_len(len as u64).expect("set_len");
+                        wrote = true;
+                        current.resize(len, 0);
+                    }
+                    Op::Sync => {
+                        backend.sync_data().expect("sync");
+                        durable = current.clone();
+                    }
+                    Op::Crash | Op::CrashInCheckpoint(_) | Op::Close => {
+                        match op {
+                            Op::CrashInCheckpoint(chunks) => {
+                                backend.sync_data().expect("sync");
+                                durable = current.clone();
+                                prop_assert!(backend.checkpoint_partially(chunks).is_err() || backend.image_chunks() == 0);
+                            }
+                            Op::Close => {
+                                backend.close().expect("close");
+                                durable = current.clone();
+                                prop_assert!(!wrote || !wal_path(&path).exists(), "a clean close removes the log");
+                            }
+                            _ => {}
+                        }
+                        drop(backend);
+                        let before = (std::fs::read(&path).expect("main"), std::fs::read(wal_path(&path)).ok());
+                        let reader = WalBackend::open(&path, false, SMALL).expect("read-only open");
+                        prop_assert_eq!(contents(&reader), durable.clone());
+                        prop_assert!(reader.write(0, b"x").is_err());
+                        drop(reader);
+                        let after = (std::fs::read(&path).expect("main"), std::fs::read(wal_path(&path)).ok());
+                        prop_assert!(before == after, "a read-only open changed a file");
+                        backend = WalBackend::open(&path, true, SMALL).expect("reopen");
+                        prop_assert_eq!(contents(&backend), durable.clone());
+                        current = durable.clone();
+                        wrote = false;
+                    }
+                }
+                prop_assert_eq!(contents(&backend), current.clone());
+            }
+        }
+    }
+
+    fn frames_end(path: &Path) -> usize {
+        let bytes = std::fs::read(wal_path(path)).expect("log");
+        let mut image = Image::default();
+        let main = FileBackend::new(File::open(path).expect("main")).expect("backend");
+        replay(&bytes, &mut image, &main)
+            .expect("replay")
+            .map_or(0, |(_, _, _, end)| end as usize)
+    }
+
+    #[test]
+    fn a_damaged_last_frame_ends_the_log_and_earlier_frames_still_count() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = new_store_file(dir.path());
+        let backend = WalBackend::open(&path, true, DEFAULT_LOG_SIZE).expect("open");
+        backend.write(0, &[1u8; 5000]).expect("write");
+        backend.sync_data().expect("sync");
+        let first_end = frames_end(&path);
+        backend.write(100, &[2u8; 300]).expect("write");
+        backend.sync_data().expect("sync");
+        let second_end = frames_end(&path);
+        assert!(second_end > first_end);
+        drop(backend);
+
+        // Flip one byte of the second frame's data: its checksum no longer holds.
+        let log = wal_path(&path);
+        let mut bytes = std::fs::read(&log).expect("log");
+        bytes[second_end - CHECKSUM_LEN - 10] ^= 0xff;
+        std::fs::write(&log, &bytes).expect("write log");
+        let reopened = WalBackend::open(&path, false, DEFAULT_LOG_SIZE).expect("reopen");
+        assert_eq!(contents(&reopened), vec![1u8; 5000]);
+    }
+
+    #[test]
+    fn frames_of_an_older_generation_do_not_count() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = new_store_file(dir.path());
+        let backend = WalBackend::open(&path, true, SMALL).expect("open");
+        backend.write(0, &[1u8; 8000]).expect("write");
+        backend.sync_data().expect("sync");
+        let old = std::fs::read(wal_path(&path)).expect("log");
+        // Forces a checkpoint, which starts a new generation; the old frame stays in the file.
+        backend.write(0, &[2u8; 30_000]).expect("write");
+        backend.sync_data().expect("sync");
+        backend.write(0, &[3u8; 10]).expect("write");
+        backend.sync_data().expect("sync");
+        drop(backend);
+        let new = std::fs::read(wal_path(&path)).expect("log");
+        assert_ne!(old[..HEADER_LEN], new[..HEADER_LEN], "a new salt");
+        let mut expected = vec![2u8; 30_000];
+        expected[..10].fill(3);
+        let reopened = WalBackend::open(&path, false, SMALL).expect("reopen");
+        assert_eq!(contents(&reopened), expected);
+    }
+
+    #[test]
+    fn a_log_of_an_unknown_version_is_refused_not_ignored() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = new_store_file(dir.path());
+        let backend = WalBackend::open(&path, true, SMALL).expect("open");
+        backend.write(0, &[1u8; 100]).expect("write");
+        backend.sync_data().expect("sync");
+        drop(backend);
+        let log = wal_path(&path);
+        let mut bytes = std::fs::read(&log).expect("log");
+        bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
+        let sum = checksum(0, &[&bytes[..HEADER_LEN - CHECKSUM_LEN]]);
+        bytes[HEADER_LEN - CHECKSUM_LEN..HEADER_LEN].copy_from_slice(&sum);
+        std::fs::write(&log, &bytes).expect("write log");
+        let err = WalBackend::open(&path, true, SMALL).expect_err("refused");
+        assert!(
+            err.to_string().contains("write-ahead log version 7"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_log_grows_at_checkpoints_up_to_its_maximum() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = new_store_file(dir.path());
+        let backend = WalBackend::open(&path, true, SMALL).expect("open");
+        for round in 0..12u8 {
+            backend.write(0, &[round; 9000]).expect("write");
+            backend.sync_data().expect("sync");
+        }
+        let size = std::fs::metadata(wal_path(&path)).expect("log").len();
+        assert_eq!(size, SMALL.max);
+    }
+}
