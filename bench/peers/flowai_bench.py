@@ -73,7 +73,9 @@ def cmd_run(options: argparse.Namespace) -> None:
 
     path = store_path(options, "flowai")
     runtime = build_runtime(path)
-    base = common.files_size(path) if path else 0
+    # The store file alone: the write-ahead log beside it exists only while the store is
+    # open (a clean close folds it into the file and removes it).
+    base = Path(path).stat().st_size if path else 0
     floor_before = common.paired_floor(options.dir) if path else None
     started = time.perf_counter()
     stream = runtime.run_specialist("agent", script(options.steps), "t1")
