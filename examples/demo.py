@@ -197,6 +197,7 @@ def main(argv: list[str]) -> int:
         return 0
     path = Path(argv[0] if argv else "demo.redb")
     path.unlink(missing_ok=True)
+    Path(f"{path}-wal").unlink(missing_ok=True)
     for phase in ("--phase=start", "--phase=approve"):
         result = subprocess.run([sys.executable, __file__, phase, str(path)], check=False)
         if result.returncode != 0:

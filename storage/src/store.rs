@@ -174,8 +174,25 @@ fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     }
 }
 
+fn remove_stale_log(path: &Path, found_absent_at: std::time::SystemTime) -> Result<(), StoreError> {
+    let log = wal::wal_path(path);
+    let modified = match std::fs::metadata(&log).and_then(|m| m.modified()) {
+        Ok(modified) => modified,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(&log, e)),
+    };
+    if modified < found_absent_at {
+        tracing::warn!(log = %log.display(), "removing the write-ahead log of a store that no longer exists");
+        match std::fs::remove_file(&log) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&log, e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Creates the file with owner-only permissions if it does not exist.
-fn create_file(path: &Path) -> Result<(), StoreError> {
+fn create_file(path: &Path, found_absent_at: std::time::SystemTime) -> Result<(), StoreError> {
     // A crash while redb writes a new file's header would leave a file that is not a
     // database at `path`. So the database is initialized under a temporary name and
     // linked into place only when complete: after a crash there is either no store or a
@@ -199,6 +216,11 @@ fn create_file(path: &Path) -> Result<(), StoreError> {
         .and_then(|backend| redb::Builder::new().create_with_backend(backend))
         .map_err(|e| StoreError::db(&label, e))
         .and_then(|db| db.close().map_err(|e| StoreError::db(&label, e)));
+    // A log left beside a store that was since deleted belongs to that store: replayed onto
+    // this new one it would corrupt it. It was last written before the store was found
+    // absent; a log written after that belongs to another process that created the store
+    // meanwhile, and stays.
+    let initialized = initialized.and_then(|()| remove_stale_log(path, found_absent_at));
     let linked = initialized.and_then(|()| match std::fs::hard_link(&temp, path) {
         // Another process created it first: theirs stands.
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_err(path, e)),
@@ -229,10 +251,11 @@ impl Store {
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StoreError> {
         let given = path.as_ref();
         let mut registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+        let looked_at = std::time::SystemTime::now();
         let canonical = match std::fs::canonicalize(given) {
             Ok(p) => p,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                create_file(given)?;
+                create_file(given, looked_at)?;
                 std::fs::canonicalize(given).map_err(|e| io_err(given, e))?
             }
             Err(e) => return Err(io_err(given, e)),

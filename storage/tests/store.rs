@@ -661,6 +661,43 @@ fn a_closed_store_is_one_file_and_its_commits_are_in_it() {
     assert_eq!(txn.open_table(journal).unwrap().len().unwrap(), 901);
 }
 
+/// A store deleted while its log stayed behind (say, after a crash): a new store created at
+/// the same path must not replay the old store's log onto itself.
+#[test]
+fn a_new_store_ignores_the_log_of_a_deleted_one() {
+    let dir = tmp();
+    let path = dir.path().join("reused.redb");
+    let old_run = RunId::generate();
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    start_run(&store, old_run, "t", "th", RunStatus::Completed);
+    append(&store, old_run, 5).unwrap();
+    // The log as a crash would leave it: its frames hold the commits above.
+    let leftover = std::fs::read(wal_of(&path)).unwrap();
+    store.close().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(wal_of(&path), &leftover).unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(wal_of(&path))
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    assert_eq!(
+        store.last_seq(old_run).unwrap(),
+        0,
+        "the old store's commits came back"
+    );
+    let new_run = RunId::generate();
+    start_run(&store, new_run, "t", "th", RunStatus::Completed);
+    store.close().unwrap();
+    let store = Store::open_read_only(&path).unwrap();
+    assert_eq!(store.last_seq(new_run).unwrap(), 1);
+    assert_eq!(store.last_seq(old_run).unwrap(), 0);
+}
+
 #[test]
 fn shared_reads_downgrades_eventual() {
     let dir = tmp();
