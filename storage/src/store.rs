@@ -291,14 +291,15 @@ impl Store {
         if options.shared_reads && wal::wal_path(&canonical).exists() {
             // Readers of other processes see the store file only: fold a log left by a
             // crashed writer into it first (a writer open of its own, closed right away).
-            let folded = WalBackend::open(&canonical, true, wal::DEFAULT_LOG_SIZE)
-                .map_err(|e| io_err(&canonical, e))
-                .and_then(|backend| {
-                    redb::Builder::new()
-                        .create_with_backend(backend)
-                        .map_err(|e| locked_or_db(&label, e))
-                });
-            folded?.close().db(&label)?;
+            WalBackend::open_database(
+                &canonical,
+                redb::ConcurrencyMode::ExclusiveWriter,
+                wal::DEFAULT_LOG_SIZE,
+            )
+            .map_err(|e| io_err(&canonical, e))?
+            .map_err(|e| locked_or_db(&label, e))?
+            .close()
+            .db(&label)?;
         }
         let db = loop {
             attempts -= 1;
@@ -308,11 +309,8 @@ impl Store {
                     .create(&canonical)
             } else {
                 // The default: commits go to the write-ahead log (see `wal`).
-                let backend = WalBackend::open(&canonical, true, wal::DEFAULT_LOG_SIZE)
-                    .map_err(|e| io_err(&canonical, e))?;
-                redb::Builder::new()
-                    .set_concurrency_mode(mode)
-                    .create_with_backend(backend)
+                WalBackend::open_database(&canonical, mode, wal::DEFAULT_LOG_SIZE)
+                    .map_err(|e| io_err(&canonical, e))?
             };
             match opened {
                 Ok(db) => break db,

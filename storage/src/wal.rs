@@ -27,7 +27,8 @@ use std::io;
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
@@ -246,6 +247,8 @@ pub(crate) struct WalBackend {
     wal_path: PathBuf,
     writable: bool,
     size: LogSize,
+    /// Set once redb's open succeeded: this backend holds redb's write lock.
+    owned: Arc<AtomicBool>,
     state: RwLock<State>,
 }
 
@@ -298,6 +301,7 @@ impl WalBackend {
             wal_path,
             writable,
             size,
+            owned: Arc::new(AtomicBool::new(false)),
             state: RwLock::new(State {
                 image,
                 pending: Pending {
@@ -310,6 +314,24 @@ impl WalBackend {
                 closed: false,
             }),
         })
+    }
+
+    /// Opens a writable redb database over the store at `path`, with its log. The outer
+    /// error is the log's (reading it), the inner one redb's.
+    pub(crate) fn open_database(
+        path: &Path,
+        mode: redb::ConcurrencyMode,
+        size: LogSize,
+    ) -> io::Result<Result<redb::Database, redb::DatabaseError>> {
+        let backend = WalBackend::open(path, true, size)?;
+        let owned = Arc::clone(&backend.owned);
+        let opened = redb::Builder::new()
+            .set_concurrency_mode(mode)
+            .create_with_backend(backend);
+        if opened.is_ok() {
+            owned.store(true, Ordering::Release);
+        }
+        Ok(opened)
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
@@ -690,10 +712,13 @@ impl StorageBackend for WalBackend {
             return Ok(());
         }
         state.closed = true;
-        // Only a writer that wrote holds redb's lock for sure: a failed open also closes,
-        // and must leave a live writer's log alone.
+        // Only a writer holding redb's lock may touch the files: a failed open also closes,
+        // and must leave a live writer's log alone. A writer that holds it folds in even a
+        // log it only recovered (redb need not write when the replayed file is clean).
+        let holds_lock = state.wrote || self.owned.load(Ordering::Acquire);
+        let has_log = state.log.is_some() || state.recovered.is_some();
         let mut result = Ok(());
-        if self.writable && state.wrote {
+        if self.writable && holds_lock && (state.wrote || has_log) {
             result = self.checkpoint(&mut state, usize::MAX).and_then(|()| {
                 match std::fs::remove_file(&self.wal_path) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -930,6 +955,36 @@ mod tests {
             err.to_string().contains("write-ahead log version 7"),
             "{err}"
         );
+    }
+
+    /// After a crash, a writer whose open succeeded folds the recovered log in at close even
+    /// if redb wrote nothing; a backend whose open failed (another process holds the store)
+    /// leaves the log alone.
+    #[test]
+    fn only_the_lock_holder_folds_a_recovered_log() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = new_store_file(dir.path());
+        let backend = WalBackend::open(&path, true, SMALL).expect("open");
+        backend.write(0, &[5u8; 6000]).expect("write");
+        backend.sync_data().expect("sync");
+        drop(backend); // the crash
+
+        let failed_open = WalBackend::open(&path, true, SMALL).expect("open");
+        failed_open.close().expect("close");
+        assert!(
+            wal_path(&path).exists(),
+            "a backend without the lock removed the log"
+        );
+        assert_eq!(std::fs::metadata(&path).expect("main").len(), 0);
+
+        let holder = WalBackend::open(&path, true, SMALL).expect("open");
+        holder.owned.store(true, Ordering::Release);
+        holder.close().expect("close");
+        assert!(
+            !wal_path(&path).exists(),
+            "the lock holder left the log behind"
+        );
+        assert_eq!(std::fs::read(&path).expect("main"), vec![5u8; 6000]);
     }
 
     #[test]
