@@ -289,7 +289,10 @@ impl Shared {
             Policy::Memory => state.non_durable + 1 >= MEMORY_DURABLE_EVERY,
         };
         let started = Instant::now();
-        let mut committed = run_batch(db, batch, durable, label);
+        // An all-failed batch writes nothing; its commit may be skipped unless it is the
+        // one that must make earlier non-durable commits durable.
+        let skippable = self.policy == Policy::Immediate || !durable;
+        let mut committed = run_batch(db, batch, durable, skippable, label);
         committed.took = started.elapsed();
         self.commit_micros.store(
             u64::try_from(committed.took.as_micros()).unwrap_or(u64::MAX),
@@ -495,14 +498,22 @@ pub(crate) fn commit_batch(
     durable: bool,
     label: &str,
 ) -> bool {
-    let committed = run_batch(db, batch, durable, label);
+    let committed = run_batch(db, batch, durable, false, label);
     let ok = committed.ok;
     committed.deliver();
     ok
 }
 
-/// Runs one batch in one transaction; the replies are returned, not sent.
-fn run_batch(db: &redb::Database, batch: Vec<Msg>, durable: bool, label: &str) -> Committed {
+/// Runs one batch in one transaction; the replies are returned, not sent. With
+/// `skip_if_nothing_written`, a batch whose every request failed its checks is aborted
+/// instead of committed (an empty commit would still cost an fsync), and `ok` stays false.
+fn run_batch(
+    db: &redb::Database,
+    batch: Vec<Msg>,
+    durable: bool,
+    skip_if_nothing_written: bool,
+    label: &str,
+) -> Committed {
     let mut committed = Committed {
         ok: false,
         replies: Vec::with_capacity(batch.len()),
@@ -528,13 +539,17 @@ fn run_batch(db: &redb::Database, batch: Vec<Msg>, durable: bool, label: &str) -
     }
     let pending = &mut committed.replies;
     let mut remaining = batch.into_iter();
+    let mut wrote = false;
     let fatal = {
         let mut w = Writes::new(&txn, label);
         let mut fatal = None;
         for msg in remaining.by_ref() {
             match msg {
                 Msg::Append(req, reply) => match w.append(*req) {
-                    Ok(result) => pending.push(Pending::Append(reply, result)),
+                    Ok(result) => {
+                        wrote |= result.is_ok();
+                        pending.push(Pending::Append(reply, result));
+                    }
                     Err(e) => {
                         pending.push(Pending::Append(reply, Err(e.for_batch(label))));
                         fatal = Some(e);
@@ -542,14 +557,18 @@ fn run_batch(db: &redb::Database, batch: Vec<Msg>, durable: bool, label: &str) -
                     }
                 },
                 Msg::Gc(now, reply) => match w.gc(now) {
-                    Ok(n) => pending.push(Pending::Gc(reply, Ok(n))),
+                    Ok(n) => {
+                        wrote = true;
+                        pending.push(Pending::Gc(reply, Ok(n)));
+                    }
                     Err(e) => {
                         pending.push(Pending::Gc(reply, Err(e.for_batch(label))));
                         fatal = Some(e);
                         break;
                     }
                 },
-                Msg::Wake => {}
+                // A wake-up asks for the commit itself (`eventual`'s durable flush).
+                Msg::Wake => wrote = true,
             }
         }
         fatal
@@ -560,6 +579,10 @@ fn run_batch(db: &redb::Database, batch: Vec<Msg>, durable: bool, label: &str) -
         let _ = txn.abort();
         fail_pending(pending, &err, label);
         fail_all(pending, remaining.collect(), &err, label);
+        return committed;
+    }
+    if skip_if_nothing_written && !wrote {
+        let _ = txn.abort();
         return committed;
     }
     match txn.commit() {
@@ -1222,6 +1245,39 @@ mod tests {
         }
         assert!(commit_batch(&db, batch, true, "<test>"));
         receivers.into_iter().map(|rx| rx.recv().unwrap()).collect()
+    }
+
+    /// A batch whose every request failed its checks commits nothing (no fsync for it),
+    /// unless it carries `eventual`'s durable flush, and its callers still get their errors.
+    #[test]
+    fn a_batch_that_writes_nothing_is_not_committed() {
+        let store = Store::in_memory().unwrap();
+        let db = store.raw_db().unwrap();
+        let run = ulid::Ulid(7);
+        let failing = || {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let req = append_to(run, Some(5), 1, Precondition::None);
+            (Msg::Append(Box::new(req), Reply::Blocking(tx)), rx)
+        };
+
+        let (msg, rx) = failing();
+        let committed = run_batch(&db, vec![msg], true, true, "<test>");
+        assert!(!committed.ok, "an all-failed batch was committed");
+        committed.deliver();
+        assert!(matches!(
+            rx.recv().unwrap(),
+            Err(StoreError::SeqConflict { .. })
+        ));
+
+        // The same batch with a flush request commits: earlier commits must become durable.
+        let (msg, rx) = failing();
+        let committed = run_batch(&db, vec![msg, Msg::Wake], true, true, "<test>");
+        assert!(committed.ok, "the durable flush was skipped");
+        committed.deliver();
+        assert!(matches!(
+            rx.recv().unwrap(),
+            Err(StoreError::SeqConflict { .. })
+        ));
     }
 
     #[test]
