@@ -578,11 +578,9 @@ async fn fail_execution(
     Ok(ToolOutcome::error(format!("Dispatch failed: {message}")))
 }
 
-/// A live transition of `executePlan` made under a plan guard: the status the run saw
-/// and the plan as the run knew it before, to go back to if the guard fails.
+/// A live transition of `executePlan` made under a plan guard: the status the run saw.
 struct PlanGuard {
     expected: &'static str,
-    before: Option<KnownPlan>,
 }
 
 /// From here on, this run's records are committed only if the plan row still has the
@@ -602,31 +600,29 @@ async fn guard_plan(
         statuses: vec![expected.to_owned()],
     };
     driver.journal().guard_from_here(precondition).await?;
-    Ok(Some(PlanGuard {
-        expected,
-        before: driver.plans.get(plan_id).cloned(),
-    }))
+    Ok(Some(PlanGuard { expected }))
 }
 
 /// Commits the records pushed under the plan guard, if one is set. When the plan no
-/// longer has the status the run saw, nothing was written: the run's view of the plan
-/// goes back to what it was and the result is the refusal, which the run journals as
-/// this call's outcome, so that a replay finds it where a transition would be.
+/// longer has the status the run saw, nothing was written (the journal already dropped
+/// those records) and the result is the refusal, which the run journals as this call's
+/// outcome, so that a replay finds it where a transition would be.
+///
+/// The run's view of the plan is stale then, so it forgets it rather than restoring it:
+/// later calls read the plan as one of another run (the table live, the run's own records
+/// on replay), and a replay forgets it at the same point ([`execute_approved`]).
 async fn commit_guarded(
     driver: &mut Driver,
     plan_id: &str,
     guard: &mut Option<PlanGuard>,
 ) -> Result<Option<ToolOutcome>, EngineError> {
-    let Some(PlanGuard { expected, before }) = guard.take() else {
+    let Some(PlanGuard { expected }) = guard.take() else {
         return Ok(None);
     };
     let Err(why) = driver.journal().flush_guarded().await? else {
         return Ok(None);
     };
-    match before {
-        Some(known) => driver.plans.insert(plan_id.to_owned(), known),
-        None => driver.plans.remove(plan_id),
-    };
+    driver.plans.remove(plan_id);
     tracing::debug!(plan_id, %why, "plan moved by another run; not dispatching");
     Ok(Some(ToolOutcome::error(format!(
         "Plan {plan_id} is no longer {expected}: another run is executing it or has executed it"
@@ -648,7 +644,9 @@ async fn execute_approved(
 ) -> Result<ToolOutcome, EngineError> {
     if driver.journal().peek_kind() == Some(RecordKind::ToolCallCompleted) {
         // An earlier drive of this call was refused by the guard: none of its
-        // transitions were written and the recorded result is the refusal.
+        // transitions were written and the recorded result is the refusal. The live
+        // drive forgot the plan there; so does this one.
+        driver.plans.remove(plan_id);
         return Ok(recorded_outcome());
     }
     let mut guard = None;
