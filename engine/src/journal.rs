@@ -85,6 +85,9 @@ pub(crate) struct RunJournal {
     pending: Vec<Pending>,
     pending_updates: Vec<IndexUpdate>,
     first_precondition: Option<Precondition>,
+    /// The precondition of the next commit, set by [`RunJournal::guard_from_here`]: the
+    /// records pushed after it are written only if it holds.
+    guard: Option<Precondition>,
     projector: Projector,
     sink: EventSink,
 }
@@ -128,6 +131,7 @@ impl RunJournal {
             pending: Vec::new(),
             pending_updates: Vec::new(),
             first_precondition: Some(Precondition::RunAbsent(run_id)),
+            guard: None,
             projector: Projector::new(),
             sink,
         }
@@ -165,6 +169,7 @@ impl RunJournal {
             pending: Vec::new(),
             pending_updates: Vec::new(),
             first_precondition: None,
+            guard: None,
             projector: Projector::new(),
             sink,
         }
@@ -325,6 +330,49 @@ impl RunJournal {
         Ok(())
     }
 
+    /// Commits what is buffered, then makes `precondition` the condition of the next
+    /// commit, so that it covers exactly the records pushed from here on. Commit that
+    /// with [`RunJournal::flush_guarded`], which reports a failed guard to the caller.
+    ///
+    /// Flushing first keeps records that do not depend on the guard (the model turn, the
+    /// tool call) out of a commit that may be refused, and lets a run's first commit keep
+    /// its own `RunAbsent` precondition.
+    pub(crate) async fn guard_from_here(
+        &mut self,
+        precondition: Precondition,
+    ) -> Result<(), EngineError> {
+        self.flush().await?;
+        if self.first_precondition.is_some() || self.guard.is_some() {
+            return Err(EngineError::Internal(String::from(
+                "a guarded commit must follow the run's first commit and no other guard",
+            )));
+        }
+        self.guard = Some(precondition);
+        Ok(())
+    }
+
+    /// Commits the records pushed since [`RunJournal::guard_from_here`] under its
+    /// precondition. `Ok(Err(why))` means the precondition failed: nothing was written,
+    /// those records are dropped and their seqs will be given to the next records, so the
+    /// journal reads as if they had never been pushed.
+    pub(crate) async fn flush_guarded(&mut self) -> Result<Result<(), String>, EngineError> {
+        let first_seq = self.next_seq - self.pending.len() as u64;
+        let committed = self.commit().await;
+        // A guard covers one commit only, even one that found nothing to write.
+        self.guard = None;
+        match committed {
+            Ok(events) => {
+                self.deliver(events).await;
+                Ok(Ok(()))
+            }
+            Err(EngineError::Store(flowai_storage::StoreError::PreconditionFailed { what })) => {
+                self.next_seq = first_seq;
+                Ok(Err(what))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Commits the buffered records in one append and returns their events, not yet
     /// delivered: a caller can acknowledge the commit before waiting on the consumer.
     pub(crate) async fn commit(&mut self) -> Result<Vec<Event>, EngineError> {
@@ -358,7 +406,11 @@ impl RunJournal {
                 })
             },
             index_updates: updates,
-            precondition: self.first_precondition.take().unwrap_or(Precondition::None),
+            precondition: self
+                .first_precondition
+                .take()
+                .or_else(|| self.guard.take())
+                .unwrap_or(Precondition::None),
         };
         tracing::debug!(run_id = %self.run_id, first_seq, records = count, "journal commit");
         self.store.append(request).await?;

@@ -9,7 +9,7 @@
 //! the full plan, so a replay never depends on what the table says today.
 
 use flowai_storage::payloads;
-use flowai_storage::{IndexUpdate, PlanRow, RecordKind};
+use flowai_storage::{IndexUpdate, PlanRow, Precondition, RecordKind};
 use serde_json::{Map, Value, json};
 
 use crate::driver::{Driver, GateOutcome, Invocation, ToolOutcome, parse_raw, raw};
@@ -531,14 +531,11 @@ async fn execute_plan(
                     &inv.thread,
                 )
                 .await?;
-            match gate {
-                GateOutcome::Open => {
-                    transition(driver, &plan_id, "approved", true, None).await?;
-                }
+            // The approval's own status change is emitted only when the engine approved.
+            let emit = match gate {
+                GateOutcome::Open => true,
                 GateOutcome::Decided(decided) => match decided.outcome.as_str() {
-                    "approve" => {
-                        transition(driver, &plan_id, "approved", false, None).await?;
-                    }
+                    "approve" => false,
                     "revise" => {
                         let partial = decided.partial.as_deref().map_or(Value::Null, parse_raw);
                         return Ok(ToolOutcome::ok(json!({
@@ -560,10 +557,10 @@ async fn execute_plan(
                         )));
                     }
                 },
-            }
-            execute_approved(driver, inv, &plan_id).await
+            };
+            execute_approved(driver, inv, &plan_id, Some(emit)).await
         }
-        "approved" => execute_approved(driver, inv, &plan_id).await,
+        "approved" => execute_approved(driver, inv, &plan_id, None).await,
         other => Ok(ToolOutcome::error(format!(
             "Invalid plan state for execution: {other}"
         ))),
@@ -581,12 +578,87 @@ async fn fail_execution(
     Ok(ToolOutcome::error(format!("Dispatch failed: {message}")))
 }
 
-/// `approved → executing`, hydration, dispatch, `executed | failed`.
+/// A live transition of `executePlan` made under a plan guard: the status the run saw.
+struct PlanGuard {
+    expected: &'static str,
+}
+
+/// From here on, this run's records are committed only if the plan row still has the
+/// status `expected` (the one this run saw). Only live: a replayed transition was
+/// already committed under its guard.
+async fn guard_plan(
+    driver: &mut Driver,
+    plan_id: &str,
+    expected: &'static str,
+) -> Result<Option<PlanGuard>, EngineError> {
+    if driver.journal().replaying() {
+        return Ok(None);
+    }
+    let precondition = Precondition::PlanStatusIn {
+        tenant: driver.tenant().to_owned(),
+        plan_id: plan_id.to_owned(),
+        statuses: vec![expected.to_owned()],
+    };
+    driver.journal().guard_from_here(precondition).await?;
+    Ok(Some(PlanGuard { expected }))
+}
+
+/// Commits the records pushed under the plan guard, if one is set. When the plan no
+/// longer has the status the run saw, nothing was written (the journal already dropped
+/// those records) and the result is the refusal, which the run journals as this call's
+/// outcome, so that a replay finds it where a transition would be.
+///
+/// The run's view of the plan is stale then, so it forgets it rather than restoring it:
+/// later calls read the plan as one of another run (the table live, the run's own records
+/// on replay), and a replay forgets it at the same point ([`execute_approved`]).
+async fn commit_guarded(
+    driver: &mut Driver,
+    plan_id: &str,
+    guard: &mut Option<PlanGuard>,
+) -> Result<Option<ToolOutcome>, EngineError> {
+    let Some(PlanGuard { expected }) = guard.take() else {
+        return Ok(None);
+    };
+    let Err(why) = driver.journal().flush_guarded().await? else {
+        return Ok(None);
+    };
+    driver.plans.remove(plan_id);
+    tracing::debug!(plan_id, %why, "plan moved by another run; not dispatching");
+    Ok(Some(ToolOutcome::error(format!(
+        "Plan {plan_id} is no longer {expected}: another run is executing it or has executed it"
+    ))))
+}
+
+/// `draft → approved` when `approve` is set (its value: whether that transition emits
+/// its status change), then `approved → executing`, hydration, dispatch,
+/// `executed | failed`.
+///
+/// Live, the first of these transitions and everything up to the dispatch intent are
+/// committed together under a plan guard: of two runs that saw the plan in the same
+/// status, one moves it on and dispatches, the other gets an error result.
 async fn execute_approved(
     driver: &mut Driver,
     _inv: &Invocation<'_>,
     plan_id: &str,
+    approve: Option<bool>,
 ) -> Result<ToolOutcome, EngineError> {
+    if driver.journal().peek_kind() == Some(RecordKind::ToolCallCompleted) {
+        // An earlier drive of this call was refused by the guard: none of its
+        // transitions were written and the recorded result is the refusal. The live
+        // drive forgot the plan there; so does this one.
+        driver.plans.remove(plan_id);
+        return Ok(recorded_outcome());
+    }
+    let mut guard = None;
+    if let Some(emit) = approve {
+        guard = guard_plan(driver, plan_id, "draft").await?;
+        transition(driver, plan_id, "approved", emit, None).await?;
+    }
+    if guard.is_none() {
+        // Approved by an earlier drive or run (or replayed up to here): guard from the
+        // first transition this drive makes live.
+        guard = guard_plan(driver, plan_id, "approved").await?;
+    }
     let executing_seq = match driver.journal().peek_kind() {
         Some(RecordKind::PlanTransitioned) => driver.journal().next_recorded_seq(),
         _ => driver.journal().next_seq(),
@@ -655,6 +727,9 @@ async fn execute_approved(
         }
     };
     if let Some((kind, id)) = hydrated.missing {
+        if let Some(refused) = commit_guarded(driver, plan_id, &mut guard).await? {
+            return Ok(refused);
+        }
         let message = format!("reference required by plan is missing: kind={kind} id={id}");
         return fail_execution(driver, plan_id, message).await;
     }
@@ -687,6 +762,9 @@ async fn execute_approved(
                 },
                 Vec::new(),
             )?;
+            if let Some(refused) = commit_guarded(driver, plan_id, &mut guard).await? {
+                return Ok(refused);
+            }
             driver.journal().flush().await?;
             let host = std::sync::Arc::clone(&driver.shared().host);
             let returned = if host.has_dispatcher() {

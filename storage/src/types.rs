@@ -246,6 +246,14 @@ pub enum Precondition {
     RunStatusIn(RunId, Vec<RunStatus>),
     /// The approval exists and its status is `Pending`.
     ApprovalPending(String),
+    /// The plan row of `(tenant, plan_id)` exists and its status is one of `statuses`.
+    /// Guards a plan transition against another run that moved the plan first (two runs
+    /// executing one approved plan must not both dispatch it).
+    PlanStatusIn {
+        tenant: String,
+        plan_id: String,
+        statuses: Vec<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -763,6 +763,30 @@ impl<'t> Writes<'t> {
         })
     }
 
+    fn plan_row(
+        &mut self,
+        tenant: &str,
+        plan_id: &str,
+    ) -> Result<Result<Option<PlanRowJson>, StoreError>, StoreError> {
+        let label = self.label;
+        let plans = self.plans()?;
+        let guard = plans
+            .get(plan_key(tenant, plan_id).as_slice())
+            .map_err(|e| StoreError::db(label, e))?;
+        Ok(match guard {
+            None => Ok(None),
+            Some(g) => tables::from_json::<PlanRowJson>(g.value())
+                .map(Some)
+                .map_err(|e| {
+                    StoreError::corrupt(
+                        label,
+                        format!("plans row {plan_id:?} of tenant {tenant:?}"),
+                        e,
+                    )
+                }),
+        })
+    }
+
     /// Checks then applies one request. Nothing of the request is written unless every check
     /// passed, so a failed request leaves the transaction as it found it.
     pub(crate) fn append(&mut self, req: AppendRequest) -> Outcome<AppendAck> {
@@ -881,6 +905,28 @@ impl<'t> Writes<'t> {
                     what: format!("approval {id:?} is {}, not pending", row.status),
                 }),
             }),
+            Precondition::PlanStatusIn {
+                tenant,
+                plan_id,
+                statuses,
+            } => {
+                let expected = statuses.join(", ");
+                Ok(match self.plan_row(tenant, plan_id)? {
+                    Err(e) => Err(e),
+                    Ok(None) => Err(StoreError::PreconditionFailed {
+                        what: format!(
+                            "plan {plan_id:?} of tenant {tenant:?} does not exist (expected status in [{expected}])"
+                        ),
+                    }),
+                    Ok(Some(row)) if statuses.contains(&row.status) => Ok(()),
+                    Ok(Some(row)) => Err(StoreError::PreconditionFailed {
+                        what: format!(
+                            "plan {plan_id:?} of tenant {tenant:?} is {}, expected status in [{expected}]",
+                            row.status
+                        ),
+                    }),
+                })
+            }
         }
     }
 
@@ -1360,6 +1406,91 @@ mod tests {
         assert_eq!(store.last_seq(a).unwrap(), 5);
         assert_eq!(store.last_seq(b).unwrap(), 3);
         assert_eq!(store.last_seq(c).unwrap(), 0);
+    }
+
+    fn plan_at(run: RunId, status: &str) -> IndexUpdate {
+        IndexUpdate::PutPlan(crate::types::PlanRow {
+            tenant: "t".into(),
+            plan_id: "p1".into(),
+            version: 1,
+            status: status.into(),
+            body: format!("{{\"status\":\"{status}\"}}"),
+            run_id: run,
+            seq: 1,
+        })
+    }
+
+    fn plan_is(plan_id: &str, statuses: &[&str]) -> Precondition {
+        Precondition::PlanStatusIn {
+            tenant: "t".into(),
+            plan_id: plan_id.into(),
+            statuses: statuses.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_plan_status_precondition_lets_one_of_two_racing_transitions_through() {
+        let store = Store::in_memory().unwrap();
+        let (owner, a, b, c) = (ulid::Ulid(1), ulid::Ulid(2), ulid::Ulid(3), ulid::Ulid(4));
+        let mut approve = append_to(owner, Some(1), 1, Precondition::None);
+        approve.index_updates.push(plan_at(owner, "approved"));
+        store.append_blocking(approve).unwrap();
+
+        // Two runs both saw the plan approved and move it to executing in one batch: the
+        // second request must see the first one's row, not the row the batch started with.
+        let mut first = append_to(a, Some(1), 2, plan_is("p1", &["approved"]));
+        first.index_updates.push(plan_at(a, "executing"));
+        let mut second = append_to(b, Some(1), 2, plan_is("p1", &["approved"]));
+        second.index_updates.push(plan_at(b, "executing"));
+        let results = one_batch(
+            &store,
+            vec![
+                first,
+                second,
+                append_to(c, Some(1), 1, Precondition::None),
+                append_to(c, None, 1, plan_is("p1", &["executing", "executed"])),
+                append_to(c, None, 1, plan_is("nope", &["approved"])),
+            ],
+        );
+        assert_eq!(
+            results[0].as_ref().unwrap(),
+            &AppendAck {
+                first_seq: 1,
+                last_seq: 2
+            }
+        );
+        let what = match &results[1] {
+            Err(StoreError::PreconditionFailed { what }) => what.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            what,
+            "plan \"p1\" of tenant \"t\" is executing, expected status in [approved]"
+        );
+        assert!(results[2].is_ok(), "{:?}", results[2]);
+        // A set of statuses: any one of them passes.
+        assert_eq!(
+            results[3].as_ref().unwrap(),
+            &AppendAck {
+                first_seq: 2,
+                last_seq: 2
+            }
+        );
+        let what = match &results[4] {
+            Err(StoreError::PreconditionFailed { what }) => what.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            what,
+            "plan \"nope\" of tenant \"t\" does not exist (expected status in [approved])"
+        );
+
+        // The loser wrote nothing: neither records nor its plan row.
+        assert_eq!(store.last_seq(a).unwrap(), 2);
+        assert_eq!(store.last_seq(b).unwrap(), 0);
+        assert_eq!(store.last_seq(c).unwrap(), 2);
+        let row = store.plan("t", "p1").unwrap().unwrap();
+        assert_eq!((row.status.as_str(), row.run_id), ("executing", a));
     }
 
     #[test]

@@ -332,3 +332,82 @@ async fn verify_of_a_run_cancelled_at_a_gate() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("verified 1 runs: 1 ok"), "{out}");
 }
+
+/// Two runs approved for the same plan, in two runtimes on one file store: the second
+/// one's `executePlan` is refused (an error result, no dispatch). `flowai verify` re-drives
+/// both, and the refused run replays its refusal without attempting the plan again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_of_two_runs_racing_for_one_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plans.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let mut setup = Setup::scripted(
+        spec(
+            "acme",
+            vec![
+                agent("coordinator", "coordinator", &["planner", "executor"], &[]),
+                agent("planner", "planner", &[], &[]),
+                agent("executor", "executor", &[], &[]),
+            ],
+        ),
+        Vec::new(),
+    );
+    let via = |agent: &str, calls: Value| {
+        json!({"script": [{"tool": "call_agent", "args": {
+            "agent": agent, "prompt": json!({"script": calls}).to_string(),
+        }}]})
+        .to_string()
+    };
+    let dispatching = || TestHost::new().dispatcher(|_, _| Ok(json!({"entitiesAffected": 1})));
+    let first = setup.build(dispatching(), store.clone());
+    setup.ids_from += 1_000_000;
+    let second = setup.build(dispatching(), store.clone());
+
+    let body = json!({"actions": [{"kind": "refund", "order": "o-1"}]});
+    let store_plan = via(
+        "planner",
+        json!([{"tool": "storePlan", "args": {"specName": "DemoPlan", "planId": "p", "body": body}}]),
+    );
+    collect(&mut first.runtime.query(&store_plan, "t0", None).unwrap()).await;
+    let execute = via(
+        "executor",
+        json!([{"tool": "executePlan", "args": {"planId": "p"}}]),
+    );
+    let mut a = first.runtime.query(&execute, "ta", None).unwrap();
+    let (_, approval_a) = until_approval(&mut a).await;
+    let mut b = second.runtime.query(&execute, "tb", None).unwrap();
+    let (_, approval_b) = until_approval(&mut b).await;
+    first
+        .runtime
+        .respond_to_approval(&approval_a, decision("approve"))
+        .await
+        .unwrap();
+    collect(&mut a).await;
+    second
+        .runtime
+        .respond_to_approval(&approval_b, decision("approve"))
+        .await
+        .unwrap();
+    let b_events = collect(&mut b).await;
+    let refused: Vec<&Value> = b_events
+        .iter()
+        .filter(|e| e["toolName"] == "executePlan" && e["state"] == "result")
+        .map(|e| &e["result"])
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            &json!({"error": "Plan p is no longer draft: another run is executing it or has executed it"})
+        ]
+    );
+    let dispatched =
+        first.host.dispatches.lock().unwrap().len() + second.host.dispatches.lock().unwrap().len();
+    assert_eq!(dispatched, 1);
+    first.runtime.close().unwrap();
+    second.runtime.close().unwrap();
+    store.close().unwrap();
+
+    let (code, out, err) = flowai(&["verify", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verified 3 runs: 3 ok"), "{out}");
+}
