@@ -191,6 +191,29 @@ fn remove_stale_log(path: &Path, found_absent_at: std::time::SystemTime) -> Resu
     Ok(())
 }
 
+/// Creates the tables a store has and records the format version, or checks it.
+fn init_schema(txn: &redb::WriteTransaction, label: &str) -> Result<(), StoreError> {
+    writer::create_tables(txn).db(label)?;
+    let mut meta = txn.open_table(tables::META).db(label)?;
+    let found = meta
+        .get(tables::FORMAT_VERSION_KEY)
+        .db(label)?
+        .map(|g| g.value());
+    match found {
+        None => {
+            meta.insert(tables::FORMAT_VERSION_KEY, FORMAT_VERSION)
+                .db(label)?;
+            Ok(())
+        }
+        Some(v) if v != FORMAT_VERSION => Err(StoreError::UnsupportedFormat {
+            path: label.to_owned(),
+            found: v,
+            supported: FORMAT_VERSION,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Creates the file with owner-only permissions if it does not exist.
 fn create_file(path: &Path, found_absent_at: std::time::SystemTime) -> Result<(), StoreError> {
     // A crash while redb writes a new file's header would leave a file that is not a
@@ -212,10 +235,17 @@ fn create_file(path: &Path, found_absent_at: std::time::SystemTime) -> Result<()
     }
     let file = options.open(&temp).map_err(|e| io_err(path, e))?;
     let label = path.display().to_string();
+    // The tables and the format version go in before the file is linked into place, so a
+    // store that exists is a whole flowai store even if its creator dies right after.
     let initialized = redb::backends::FileBackend::new(file)
         .and_then(|backend| redb::Builder::new().create_with_backend(backend))
         .map_err(|e| StoreError::db(&label, e))
-        .and_then(|db| db.close().map_err(|e| StoreError::db(&label, e)));
+        .and_then(|db| {
+            let txn = db.begin_write().db(&label)?;
+            init_schema(&txn, &label)?;
+            txn.commit().db(&label)?;
+            db.close().db(&label)
+        });
     // A log left beside a store that was since deleted belongs to that store: replayed onto
     // this new one it would corrupt it. It was last written before the store was found
     // absent; a log written after that belongs to another process that created the store
@@ -446,28 +476,7 @@ impl Store {
         durability: Durability,
     ) -> Result<Arc<Inner>, StoreError> {
         let txn = db.begin_write().db(&label)?;
-        writer::create_tables(&txn).db(&label)?;
-        {
-            let mut meta = txn.open_table(tables::META).db(&label)?;
-            let found = meta
-                .get(tables::FORMAT_VERSION_KEY)
-                .db(&label)?
-                .map(|g| g.value());
-            match found {
-                None => {
-                    meta.insert(tables::FORMAT_VERSION_KEY, FORMAT_VERSION)
-                        .db(&label)?;
-                }
-                Some(v) if v != FORMAT_VERSION => {
-                    return Err(StoreError::UnsupportedFormat {
-                        path: label,
-                        found: v,
-                        supported: FORMAT_VERSION,
-                    });
-                }
-                Some(_) => {}
-            }
-        }
+        init_schema(&txn, &label)?;
         let interrupted =
             writer::Writes::new(&txn, &label).interrupt_running(SystemClock.now_ms())?;
         txn.commit().db(&label)?;
