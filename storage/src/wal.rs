@@ -233,9 +233,9 @@ struct Log {
 struct State {
     image: Image,
     pending: Pending,
+    /// The log frames are appended to: the one found at open when its generation is
+    /// valid (a writer continues it), else created on the first sync.
     log: Option<Log>,
-    /// A log read at open whose generation continues (valid header).
-    recovered: Option<Log>,
     /// redb wrote through this backend, so it holds redb's write lock.
     wrote: bool,
     closed: bool,
@@ -308,8 +308,7 @@ impl WalBackend {
                     min_len: len,
                     ..Pending::default()
                 },
-                log: None,
-                recovered,
+                log: recovered,
                 wrote: false,
                 closed: false,
             }),
@@ -392,9 +391,9 @@ impl WalBackend {
         if FRAMES_START + len > self.size.max {
             return self.checkpoint(state, usize::MAX);
         }
-        let mut log = match (state.log.take(), state.recovered.take()) {
-            (Some(log), _) | (None, Some(log)) => log,
-            (None, None) => self.new_log()?,
+        let mut log = match state.log.take() {
+            Some(log) => log,
+            None => self.new_log()?,
         };
         if log.end + len > log.capacity {
             state.log = Some(log);
@@ -455,7 +454,7 @@ impl WalBackend {
             ..Pending::default()
         };
         // Only now may the old frames stop counting: the store file holds all they said.
-        if let Some(log) = state.log.as_mut().or(state.recovered.as_mut()) {
+        if let Some(log) = state.log.as_mut() {
             if log.capacity < self.size.max {
                 let grown = (log.capacity * 2).min(self.size.max);
                 extend_with_zeros(&log.file, log.capacity, grown)?;
@@ -716,7 +715,7 @@ impl StorageBackend for WalBackend {
         // and must leave a live writer's log alone. A writer that holds it folds in even a
         // log it only recovered (redb need not write when the replayed file is clean).
         let holds_lock = state.wrote || self.owned.load(Ordering::Acquire);
-        let has_log = state.log.is_some() || state.recovered.is_some();
+        let has_log = state.log.is_some();
         let mut result = Ok(());
         if self.writable && holds_lock && (state.wrote || has_log) {
             result = self.checkpoint(&mut state, usize::MAX).and_then(|()| {
