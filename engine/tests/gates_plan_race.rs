@@ -16,6 +16,14 @@ use gates::*;
 use serde_json::{Value, json};
 use support::*;
 
+/// Answers an approval with `approve`.
+async fn approve(runtime: &Runtime, approval_id: &str) {
+    runtime
+        .respond_to_approval(approval_id, decision("approve"))
+        .await
+        .unwrap();
+}
+
 const REFUSED_DRAFT: &str =
     "Plan p is no longer draft: another run is executing it or has executed it";
 const REFUSED_APPROVED: &str =
@@ -84,21 +92,13 @@ async fn of_two_runs_approved_for_one_plan_only_the_first_dispatches() {
     let mut b = second.runtime.query(&then_read, "tb", None).unwrap();
     let (_, approval_b) = until_approval(&mut b).await;
 
-    first
-        .runtime
-        .respond_to_approval(&approval_a, decision("approve"))
-        .await
-        .unwrap();
+    approve(&first.runtime, &approval_a).await;
     let a_events = collect(&mut a).await;
     assert_eq!(
         results_of(&a_events, "executePlan")[0]["entitiesAffected"],
         1
     );
-    second
-        .runtime
-        .respond_to_approval(&approval_b, decision("approve"))
-        .await
-        .unwrap();
+    approve(&second.runtime, &approval_b).await;
     let b_events = collect(&mut b).await;
 
     assert_eq!(host_a.dispatch_count(), 1);
@@ -172,17 +172,9 @@ async fn a_refused_run_resumes_past_its_refusal() {
     let second = runtime(&store, &host, always(), 2 * START_MS as u64);
     let mut b = second.runtime.query(&then_pause, "tb", None).unwrap();
     let (_, approval_b) = until_approval(&mut b).await;
-    first
-        .runtime
-        .respond_to_approval(&approval_a, decision("approve"))
-        .await
-        .unwrap();
+    approve(&first.runtime, &approval_a).await;
     collect(&mut a).await;
-    second
-        .runtime
-        .respond_to_approval(&approval_b, decision("approve"))
-        .await
-        .unwrap();
+    approve(&second.runtime, &approval_b).await;
     let (b_events, pause) = until_approval(&mut b).await;
     assert_eq!(
         results_of(&b_events, "executePlan"),
@@ -194,11 +186,7 @@ async fn a_refused_run_resumes_past_its_refusal() {
     assert_eq!(host.dispatch_count(), 1);
 
     let third = runtime(&store, &host, always(), 3 * START_MS as u64);
-    third
-        .runtime
-        .respond_to_approval(&pause, decision("approve"))
-        .await
-        .unwrap();
+    approve(&third.runtime, &pause).await;
     let resumed = collect(&mut third.runtime.resume(&b_run, false).unwrap()).await;
     assert_eq!(
         results_of(&resumed, "pause"),

@@ -347,13 +347,7 @@ impl Store {
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if attempts > 0 => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                    return Err(StoreError::Locked {
-                        path: label,
-                        hint: "another process has it open (only one process may write a store; a read-only tool may also hold it); stop that process or wait for it to finish".into(),
-                    });
-                }
-                Err(e) => return Err(StoreError::db(&label, e)),
+                Err(e) => return Err(locked_or_db(&label, e)),
             }
         };
         let mut durability = options.durability;
