@@ -54,6 +54,7 @@
 mod clock;
 mod error;
 mod keys;
+mod memory;
 pub mod payloads;
 mod read;
 mod rebuild;

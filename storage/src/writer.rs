@@ -8,7 +8,7 @@
 //! heuristic.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
@@ -56,11 +56,20 @@ pub(crate) const MEMORY_DURABLE_EVERY: u32 = 64;
 /// appenders commit inline again (see [`Shared::enter_inline`]).
 pub(crate) const CALM_BATCHES: u32 = 8;
 
+/// In memory, the most appends acknowledged ahead of their commit (see
+/// [`Shared::try_defer`]); the one that reaches it commits them all. A commit of that many
+/// step-sized appends takes a few hundred microseconds; more would only lengthen the pause
+/// of the step that pays for it.
+pub(crate) const MEMORY_DEFER_MAX: usize = 64;
+
 /// Where a reply goes: a tokio oneshot for async callers, a std channel for blocking ones (so
 /// `append_blocking` never needs, or trips over, a tokio runtime).
 pub(crate) enum Reply<T> {
     Async(oneshot::Sender<Result<T, StoreError>>),
     Blocking(SyncSender<Result<T, StoreError>>),
+    /// An in-memory append acknowledged when it was deferred: nobody waits for this reply;
+    /// the commit poisons the store if the request fails after all.
+    Deferred,
 }
 
 impl<T> Reply<T> {
@@ -73,6 +82,7 @@ impl<T> Reply<T> {
             Reply::Blocking(tx) => {
                 let _ = tx.send(result);
             }
+            Reply::Deferred => {}
         }
     }
 }
@@ -105,6 +115,14 @@ pub(crate) struct SyncState {
     pub(crate) unsynced_since: Option<Instant>,
     /// Non-durable commits since the last durable one.
     pub(crate) non_durable: u32,
+    /// In memory: appends acknowledged and not yet committed, in the order they were
+    /// acknowledged. Every commit writes them first (see [`Shared::try_defer`]).
+    deferred: Vec<AppendRequest>,
+    /// In memory: the last seq of every run, counting deferred appends. Only looked up.
+    tails: HashMap<RunId, u64>,
+    /// In memory: why a deferred append failed when it was finally committed; the store
+    /// refuses everything afterwards rather than carry on without an acknowledged record.
+    poisoned: Option<String>,
 }
 
 /// What the writer thread and inline committers of one store share.
@@ -127,6 +145,9 @@ pub(crate) struct Shared {
     inline_commits: AtomicU64,
     writer_batches: AtomicU64,
     largest_batch: AtomicUsize,
+    /// Whether `SyncState::deferred` may be non-empty or the store is poisoned: readers
+    /// look here, without the gate, before they read.
+    unsettled: AtomicBool,
 }
 
 /// A batch's outcome, with the replies not yet sent: the writer sends them after it let go of
@@ -143,6 +164,18 @@ pub(crate) struct Committed {
 }
 
 impl Committed {
+    /// Every request of `batch` failed with `err`, nothing committed.
+    fn refused(batch: Vec<Msg>, err: &StoreError, label: &str) -> Committed {
+        let mut replies = Vec::with_capacity(batch.len());
+        fail_all(&mut replies, batch, err, label);
+        Committed {
+            ok: false,
+            replies,
+            took: Duration::ZERO,
+            arm_flush: false,
+        }
+    }
+
     pub(crate) fn deliver(self) {
         for p in self.replies {
             match p {
@@ -150,6 +183,15 @@ impl Committed {
                 Pending::Gc(reply, result) => reply.send(result),
             }
         }
+    }
+}
+
+fn poisoned_error(label: &str, reason: &str) -> StoreError {
+    StoreError::CommitFailed {
+        path: label.to_owned(),
+        reason: format!(
+            "an acknowledged in-memory append could not be committed ({reason}); this store takes no more work"
+        ),
     }
 }
 
@@ -169,6 +211,7 @@ impl Shared {
             inline_commits: AtomicU64::new(0),
             writer_batches: AtomicU64::new(0),
             largest_batch: AtomicUsize::new(0),
+            unsettled: AtomicBool::new(false),
         }
     }
 
@@ -186,6 +229,11 @@ impl Shared {
     #[cfg(test)]
     pub(crate) fn gate_for_test(&self) -> MutexGuard<'_, SyncState> {
         self.gate()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn deferred_for_test(&self) -> usize {
+        self.gate().deferred.len()
     }
 
     #[cfg(test)]
@@ -274,6 +322,7 @@ impl Shared {
 
     /// Commits `batch` in one transaction under the gate (`state` is its guard), durably or
     /// not as the policy says, and updates the bookkeeping. The replies are not sent yet.
+    /// Deferred in-memory appends are written first, ahead of `batch`, in their order.
     pub(crate) fn commit(
         &self,
         state: &mut SyncState,
@@ -281,6 +330,31 @@ impl Shared {
         batch: Vec<Msg>,
         label: &str,
     ) -> Committed {
+        if let Some(reason) = &state.poisoned {
+            return Committed::refused(batch, &poisoned_error(label, reason), label);
+        }
+        let batch = if state.deferred.is_empty() {
+            batch
+        } else {
+            let deferred = std::mem::take(&mut state.deferred);
+            deferred
+                .into_iter()
+                .map(|req| Msg::Append(Box::new(req), Reply::Deferred))
+                .chain(batch)
+                .collect()
+        };
+        // In memory, the run of each append, in batch order, to keep `tails` current.
+        let runs: Vec<Option<RunId>> = if self.policy == Policy::Memory {
+            batch
+                .iter()
+                .filter_map(|msg| match msg {
+                    Msg::Append(req, _) => Some(req.run.as_ref().map(|r| r.run_id)),
+                    Msg::Gc(..) | Msg::Wake => None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let durable = match self.policy {
             Policy::Immediate => true,
             Policy::Eventual => state
@@ -310,7 +384,128 @@ impl Shared {
                 }
             }
         }
+        if self.policy == Policy::Memory {
+            self.track_memory_appends(state, &mut committed, &runs, label);
+        }
         committed
+    }
+
+    /// In memory, after a commit: records the last seq of every run appended to, and takes
+    /// the replies of deferred appends out of the batch; one that failed poisons the store.
+    fn track_memory_appends(
+        &self,
+        state: &mut SyncState,
+        committed: &mut Committed,
+        runs: &[Option<RunId>],
+        label: &str,
+    ) {
+        let mut appends = runs.iter();
+        let ok = committed.ok;
+        committed.replies.retain(|pending| {
+            let Pending::Append(reply, result) = pending else {
+                return true;
+            };
+            let run = appends.next().copied().flatten();
+            match result {
+                Ok(ack) if ok => {
+                    if let Some(run) = run
+                        && ack.last_seq > 0
+                    {
+                        state.tails.insert(run, ack.last_seq);
+                    }
+                }
+                // A batch that failed wrote nothing: its acks do not count.
+                Ok(_) => {}
+                Err(e) => {
+                    if matches!(reply, Reply::Deferred) && state.poisoned.is_none() {
+                        tracing::error!(store = label, error = %e, "an acknowledged in-memory append failed to commit; the store refuses further work");
+                        state.poisoned = Some(e.to_string());
+                    }
+                }
+            }
+            if matches!(reply, Reply::Deferred) && !ok && state.poisoned.is_none() {
+                state.poisoned = Some(String::from("the commit of acknowledged appends failed"));
+            }
+            !matches!(reply, Reply::Deferred)
+        });
+        self.unsettled
+            .store(state.poisoned.is_some(), Ordering::Release);
+    }
+
+    /// In memory, acknowledges an append without committing it yet, when nothing it asks
+    /// can fail: no precondition, no index update, and records that continue their run's
+    /// journal exactly. Its commit comes with the next one, at the latest when a reader
+    /// needs it ([`Shared::settle`]) or [`MEMORY_DEFER_MAX`] are waiting. There is no
+    /// durability to lose in memory; what deferring keeps is every read seeing every
+    /// acknowledged append, in order. `Err` gives the request back, to commit now.
+    pub(crate) fn try_defer(
+        &self,
+        state: &mut SyncState,
+        db: &redb::Database,
+        req: Box<AppendRequest>,
+        label: &str,
+    ) -> Result<Result<AppendAck, StoreError>, Box<AppendRequest>> {
+        if self.policy != Policy::Memory
+            || state.poisoned.is_some()
+            || req.precondition != Precondition::None
+            || !req.index_updates.is_empty()
+        {
+            return Err(req);
+        }
+        let Some(append) = &req.run else {
+            return Err(req);
+        };
+        let (Some(first), Some(count)) = (
+            append.expected_first_seq,
+            u64::try_from(append.records.len()).ok().filter(|n| *n > 0),
+        ) else {
+            return Err(req);
+        };
+        if first == 0 || state.tails.get(&append.run_id) != Some(&(first - 1)) {
+            // A new run, or one this store has not seen the tail of: check it properly.
+            return Err(req);
+        }
+        let ack = AppendAck {
+            first_seq: first,
+            last_seq: first + count - 1,
+        };
+        state.tails.insert(append.run_id, ack.last_seq);
+        state.deferred.push(*req);
+        self.unsettled.store(true, Ordering::Release);
+        if state.deferred.len() >= MEMORY_DEFER_MAX {
+            let committed = self.commit(state, db, Vec::new(), label);
+            committed.deliver();
+            if let Some(reason) = &state.poisoned {
+                return Ok(Err(poisoned_error(label, reason)));
+            }
+        }
+        Ok(Ok(ack))
+    }
+
+    /// Commits the deferred in-memory appends, if any, so that a read sees them; fails if
+    /// the store is poisoned. Cheap (one atomic load) when there is nothing to do.
+    pub(crate) fn settle(&self, db: &redb::Database, label: &str) -> Result<(), StoreError> {
+        if !self.unsettled.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut state = self.gate();
+        self.settle_locked(&mut state, db, label)
+    }
+
+    /// [`Shared::settle`] for a caller that holds the gate.
+    pub(crate) fn settle_locked(
+        &self,
+        state: &mut SyncState,
+        db: &redb::Database,
+        label: &str,
+    ) -> Result<(), StoreError> {
+        if !state.deferred.is_empty() {
+            self.commit(state, db, Vec::new(), label).deliver();
+        }
+        match &state.poisoned {
+            Some(reason) => Err(poisoned_error(label, reason)),
+            None => Ok(()),
+        }
     }
 
     /// The writer committed a batch of `n` counted requests.
@@ -329,7 +524,7 @@ impl Shared {
         }
     }
 
-    fn gate(&self) -> MutexGuard<'_, SyncState> {
+    pub(crate) fn gate(&self) -> MutexGuard<'_, SyncState> {
         lock_ignoring_poison(&self.gate)
     }
 
