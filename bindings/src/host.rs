@@ -5,6 +5,7 @@
 //! the stream on every `__anext__`); its result is awaited here without the GIL.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use pyo3::types::{PyDict, PyString};
 use pyo3_async_runtimes::TaskLocals;
 use serde_json::Value;
 
+use crate::handoff::{AsyncCall, Handoff};
 use crate::references::ToolCallRuntime;
 use crate::{convert, python};
 
@@ -33,6 +35,8 @@ pub(crate) struct PyHost {
     dispatch_context_factory: Py<PyAny>,
     /// The asyncio loop (and context) each run's stream was last awaited from.
     loops: Mutex<HashMap<String, TaskLocals>>,
+    /// Where each run's stream takes async calls while it waits for events.
+    handoffs: Mutex<HashMap<String, Arc<Handoff>>>,
     /// The engine runtime, for references created through a tool context. Set after
     /// construction, cleared on close (it would otherwise keep the runtime alive).
     runtime: Mutex<Option<Runtime>>,
@@ -76,6 +80,7 @@ impl PyHost {
             tool_context_factory,
             dispatch_context_factory,
             loops: Mutex::new(HashMap::new()),
+            handoffs: Mutex::new(HashMap::new()),
             runtime: Mutex::new(None),
         }
     }
@@ -109,9 +114,31 @@ impl PyHost {
             .unwrap_or_else(|p| p.into_inner())
             .remove(run_id);
         drop(old);
+        self.handoffs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(run_id);
     }
 
-    fn loop_of(&self, run_id: &str) -> Option<TaskLocals> {
+    /// Lets a run's stream take its async calls (see `handoff`); call with the GIL held.
+    pub(crate) fn set_handoff(&self, run_id: &str, handoff: Arc<Handoff>) {
+        let old = self
+            .handoffs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run_id.to_owned(), handoff);
+        drop(old);
+    }
+
+    fn handoff_of(&self, run_id: &str) -> Option<Arc<Handoff>> {
+        self.handoffs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .cloned()
+    }
+
+    pub(crate) fn loop_of(&self, run_id: &str) -> Option<TaskLocals> {
         self.loops
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -160,38 +187,78 @@ impl PyHost {
         created: &Arc<Mutex<Vec<CreatedReference>>>,
     ) -> Result<Returned, String> {
         python::with_python(|py| {
-            let handler = self.tools.get(&call.binding_key).ok_or_else(|| {
-                format!(
-                    "no handler is registered for tool binding '{}'",
-                    call.binding_key
-                )
-            })?;
-            let text = |e: PyErr| convert::exception_text(py, &e);
-            let args = convert::to_py(py, &call.args).map_err(text)?;
-            let proxy = Py::new(
-                py,
-                ToolCallRuntime::new(self.runtime(), Arc::clone(created)),
-            )
-            .map_err(text)?;
-            let kwargs = PyDict::new(py);
-            kwargs.set_item("runtime", proxy).map_err(text)?;
-            kwargs
-                .set_item("tool_use_id", &call.ctx.tool_use_id)
-                .map_err(text)?;
-            kwargs.set_item("run_id", &call.ctx.run_id).map_err(text)?;
-            kwargs
-                .set_item("idempotency_key", &call.ctx.idempotency_key)
-                .map_err(text)?;
-            kwargs.set_item("attempt", call.ctx.attempt).map_err(text)?;
-            let ctx = self
-                .tool_context_factory
-                .bind(py)
-                .call((), Some(&kwargs))
-                .map_err(text)?;
-            let value = handler.func.bind(py).call1((args, ctx)).map_err(text)?;
+            let value = self.call_handler(py, call, created)?;
             self.returned(value, &call.ctx.run_id)
         })
         .unwrap_or_else(|| Err(String::from(python::EXITING_TEXT)))
+    }
+
+    /// Calls a tool's handler with its arguments and a fresh tool context; returns what
+    /// it returned (a coroutine, for an `async def`), or the error text.
+    pub(crate) fn call_handler<'py>(
+        &self,
+        py: Python<'py>,
+        call: &HostToolCall,
+        created: &Arc<Mutex<Vec<CreatedReference>>>,
+    ) -> Result<Bound<'py, PyAny>, String> {
+        let handler = self.tools.get(&call.binding_key).ok_or_else(|| {
+            format!(
+                "no handler is registered for tool binding '{}'",
+                call.binding_key
+            )
+        })?;
+        let text = |e: PyErr| convert::exception_text(py, &e);
+        let args = convert::to_py(py, &call.args).map_err(text)?;
+        let proxy = Py::new(
+            py,
+            ToolCallRuntime::new(self.runtime(), Arc::clone(created)),
+        )
+        .map_err(text)?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("runtime", proxy).map_err(text)?;
+        kwargs
+            .set_item("tool_use_id", &call.ctx.tool_use_id)
+            .map_err(text)?;
+        kwargs.set_item("run_id", &call.ctx.run_id).map_err(text)?;
+        kwargs
+            .set_item("idempotency_key", &call.ctx.idempotency_key)
+            .map_err(text)?;
+        kwargs.set_item("attempt", call.ctx.attempt).map_err(text)?;
+        let ctx = self
+            .tool_context_factory
+            .bind(py)
+            .call((), Some(&kwargs))
+            .map_err(text)?;
+        handler.func.bind(py).call1((args, ctx)).map_err(text)
+    }
+
+    /// Hands an async tool call to the consumer of its run's stream, if that consumer is
+    /// waiting for an event right now (see `handoff`). `None`: take the old way.
+    async fn handed_over(
+        &self,
+        call: &HostToolCall,
+        created: &Arc<Mutex<Vec<CreatedReference>>>,
+    ) -> Option<Result<Value, String>> {
+        let handoff = self.handoff_of(&call.ctx.run_id)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let started = Arc::new(AtomicBool::new(false));
+        let offered = AsyncCall {
+            call: call.clone(),
+            created: Arc::clone(created),
+            started: Arc::clone(&started),
+            reply,
+        };
+        if !handoff.offer(offered) {
+            return None;
+        }
+        match spin_then_wait(answer).await {
+            Ok(result) => Some(result),
+            // Dropped before the loop called the handler (the wait was cancelled).
+            Err(_) if !started.load(Ordering::Acquire) => None,
+            Err(_) => Some(Err(String::from(
+                "the asyncio task running the handler was destroyed before it finished",
+            ))),
+        }
     }
 
     fn start_dispatch(&self, actions: &Value, ctx: &DispatchContext) -> Result<Returned, String> {
@@ -225,8 +292,29 @@ impl PyHost {
     }
 }
 
+/// How long a call handed to the loop is polled for before its worker sleeps on it.
+const HANDOFF_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Awaits a reply from the asyncio thread, polling it for up to [`HANDOFF_SPIN`] first
+/// (yielding to the worker's other tasks between polls): a short handler answers within
+/// tens of microseconds, and a tokio worker that went to sleep takes about as long again
+/// to wake on a virtual machine's idle vCPU.
+async fn spin_then_wait<T>(
+    mut answer: tokio::sync::oneshot::Receiver<T>,
+) -> Result<T, tokio::sync::oneshot::error::RecvError> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < HANDOFF_SPIN {
+        match answer.try_recv() {
+            Ok(value) => return Ok(value),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => break,
+        }
+    }
+    answer.await
+}
+
 /// Closes a coroutine that will never be awaited (avoids "never awaited" warnings).
-fn close_unawaited(value: &Bound<'_, PyAny>) {
+pub(crate) fn close_unawaited(value: &Bound<'_, PyAny>) {
     if value.hasattr("close").unwrap_or(false) {
         let _ = value.call_method0("close");
     }
@@ -240,14 +328,24 @@ impl Host for PyHost {
             .tools
             .get(&call.binding_key)
             .is_some_and(|h| !h.coroutine_function);
-        let started = if blocking {
-            python::blocking(|| self.start_tool(&call, &created))
+        let handed = if blocking {
+            None
         } else {
-            self.start_tool(&call, &created)
+            self.handed_over(&call, &created).await
         };
-        let result = match started {
-            Ok(returned) => Self::settle(returned).await,
-            Err(e) => Err(e),
+        let result = match handed {
+            Some(result) => result,
+            None => {
+                let started = if blocking {
+                    python::blocking(|| self.start_tool(&call, &created))
+                } else {
+                    self.start_tool(&call, &created)
+                };
+                match started {
+                    Ok(returned) => Self::settle(returned).await,
+                    Err(e) => Err(e),
+                }
+            }
         };
         let created_references =
             std::mem::take(&mut *created.lock().unwrap_or_else(|p| p.into_inner()));

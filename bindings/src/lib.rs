@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 
 mod convert;
 mod errors;
+mod handoff;
 mod host;
 mod python;
 mod references;

@@ -11,6 +11,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 use pyo3_async_runtimes::TaskLocals;
 
+use crate::handoff::{self, Delivery, Handed, Handoff};
 use crate::host::PyHost;
 use crate::{convert, errors, python};
 
@@ -66,6 +67,8 @@ pub(crate) struct PyRuntimeEventStream {
     run_id: String,
     inner: Arc<tokio::sync::Mutex<RunStream>>,
     host: Arc<PyHost>,
+    /// Where the host hands this run's async calls while `__anext__` waits.
+    handoff: Arc<Handoff>,
     hooks: Py<PyTuple>,
     runtime: Runtime,
     finished: Arc<AtomicBool>,
@@ -83,10 +86,13 @@ impl PyRuntimeEventStream {
         runtime: Runtime,
         owner: Py<PyAny>,
     ) -> PyRuntimeEventStream {
+        let handoff = Arc::new(Handoff::default());
+        host.set_handoff(stream.run_id(), Arc::clone(&handoff));
         PyRuntimeEventStream {
             run_id: stream.run_id().to_owned(),
             inner: Arc::new(tokio::sync::Mutex::new(stream)),
             host,
+            handoff,
             hooks,
             runtime,
             finished: Arc::new(AtomicBool::new(false)),
@@ -112,6 +118,60 @@ impl PyRuntimeEventStream {
         Ok(())
     }
 
+    fn anext<'py>(&self, py: Python<'py>, slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        if self.finished.load(Ordering::Acquire) {
+            let ready = Ready::new(Err(PyStopAsyncIteration::new_err(())));
+            return Ok(Bound::new(py, ready)?.into_any());
+        }
+        self.register_loop(py)?;
+        // Fast path: an event is buffered already; no thread hop, no loop round trip.
+        let buffered = match self.inner.try_lock() {
+            Ok(mut stream) => stream.try_next_buffered(),
+            Err(_) => None,
+        };
+        if let Some(event) = buffered {
+            let outcome = self.deliver(py, event.as_str());
+            return Ok(Bound::new(py, Ready::new(outcome))?.into_any());
+        }
+        let pending = self.wait_next(py)?;
+        NEXT_EVENT
+            .import(py, "flowai_harness._stream", "next_event")?
+            .call1((pending, self.hooks.bind(py), slf))
+    }
+
+    /// Waits (off the loop) for the next event, or for async calls handed over meanwhile.
+    fn wait_next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = Arc::clone(&self.inner);
+        let finished = Arc::clone(&self.finished);
+        let host = Arc::clone(&self.host);
+        let handoff = Arc::clone(&self.handoff);
+        let run_id = self.run_id.clone();
+        python::awaitable(py, async move {
+            let next = {
+                let mut stream = inner.lock().await;
+                handoff.next(&mut stream).await
+            };
+            let event = next.event.map(|event| match event {
+                Some(Ok(event)) => Ok(event.into_string()),
+                other => {
+                    finished.store(true, Ordering::Release);
+                    python::with_python(|_| host.clear_loop(&run_id));
+                    Err(handoff::end_error(other.and_then(Result::err)))
+                }
+            });
+            if next.calls.is_empty() {
+                return match event {
+                    Some(Ok(text)) => Ok(Delivery::Text(text)),
+                    Some(Err(e)) => Err(e),
+                    None => Err(errors::flowai_error(
+                        "the event stream woke without an event or a call",
+                    )),
+                };
+            }
+            Ok(Delivery::Handed(Handed::new(host, next.calls, event)))
+        })
+    }
+
     /// The event as a dict, after the hooks have seen it (in order; an exception propagates).
     fn deliver(&self, py: Python<'_>, text: &str) -> PyResult<Py<PyAny>> {
         let event = convert::loads(py, text)?;
@@ -134,42 +194,16 @@ impl PyRuntimeEventStream {
         slf
     }
 
-    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        if self.finished.load(Ordering::Acquire) {
-            let ready = Ready::new(Err(PyStopAsyncIteration::new_err(())));
-            return Ok(Bound::new(py, ready)?.into_any());
-        }
-        self.register_loop(py)?;
-        // Fast path: an event is buffered already; no thread hop, no loop round trip.
-        let buffered = match self.inner.try_lock() {
-            Ok(mut stream) => stream.try_next_buffered(),
-            Err(_) => None,
-        };
-        if let Some(event) = buffered {
-            let outcome = self.deliver(py, event.as_str());
-            return Ok(Bound::new(py, Ready::new(outcome))?.into_any());
-        }
-        let inner = Arc::clone(&self.inner);
-        let finished = Arc::clone(&self.finished);
-        let host = Arc::clone(&self.host);
-        let run_id = self.run_id.clone();
-        let pending = python::awaitable(py, async move {
-            let next = inner.lock().await.next().await;
-            match next {
-                Some(Ok(event)) => Ok(event.into_string()),
-                other => {
-                    finished.store(true, Ordering::Release);
-                    python::with_python(|_| host.clear_loop(&run_id));
-                    match other {
-                        Some(Err(e)) => Err(errors::engine_error(e)),
-                        _ => Err(PyStopAsyncIteration::new_err(())),
-                    }
-                }
-            }
-        })?;
-        NEXT_EVENT
-            .import(py, "flowai_harness._stream", "next_event")?
-            .call1((pending, self.hooks.bind(py)))
+    fn __anext__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.anext(py, slf)
+    }
+
+    /// An awaitable of the next event's JSON text, or of async calls handed to this
+    /// consumer meanwhile (`_stream.next_event` starts them and waits again).
+    fn _wait_next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.wait_next(py)
     }
 
     /// Cancels the run durably; works before or after it started.

@@ -122,6 +122,9 @@ impl RunStream {
 
     /// The next event; `None` at the end; `Err` when the run could not be driven
     /// (non-determinism on resume, a storage failure).
+    ///
+    /// Cancel-safe: dropping the future before it resolves loses no event and not the
+    /// run's outcome, so it may race other futures in a `select!`.
     pub async fn next(&mut self) -> Option<Result<Event, EngineError>> {
         if let Some(start) = self.start.take() {
             start(self.cancel_before_start);
@@ -138,8 +141,9 @@ impl RunStream {
             }
             self.rx = None;
         }
-        let done = self.done.take()?;
-        match done.await {
+        let outcome = self.done.as_mut()?.await;
+        self.done = None;
+        match outcome {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(Err(e)),
             Err(_) => None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import json
 import threading
@@ -122,6 +123,41 @@ def test_async_handler_runs_on_the_consuming_loop_thread() -> None:
         return threading.get_ident()
 
     assert asyncio.run(consume()) == threads[0]
+    runtime.close()
+
+
+def test_async_handlers_run_whether_or_not_the_consumer_waits_for_the_next_event() -> None:
+    # A call made while the consumer waits in __anext__ is handed to that wait; one made
+    # while it awaits something else is scheduled on its loop. A consumer that waits for
+    # a handler's side effect before reading on must not hold that handler up, and both
+    # ways run on the consuming loop, in the context the consumer iterates from.
+    seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="unset")
+    ran: dict[int, asyncio.Event] = {}
+    threads: list[int] = []
+
+    @define_tool("mark", {"n": int})
+    async def mark(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        threads.append(threading.get_ident())
+        await asyncio.sleep(0)
+        ran[args["n"]].set()
+        return {"n": args["n"], "seen": seen.get()}
+
+    runtime = create_runtime(spec_with(mark), interpreter="scripted")
+    steps = 8
+
+    async def consume() -> list[dict[str, Any]]:
+        seen.set("consumer")
+        ran.update({n: asyncio.Event() for n in range(steps)})
+        events = []
+        async for event in runtime.query(script(*[("mark", {"n": n}) for n in range(steps)]), "t1"):
+            events.append(event)
+            if event["type"] == "tool-invocation" and event["state"] == "call" and event["args"]["n"] % 2 == 0:
+                await asyncio.wait_for(ran[event["args"]["n"]].wait(), timeout=30)
+        return events
+
+    events = asyncio.run(consume())
+    assert results(events) == {f"scripted-tool-{n + 1}": {"n": n, "seen": "consumer"} for n in range(steps)}
+    assert set(threads) == {threading.get_ident()}
     runtime.close()
 
 

@@ -2,7 +2,8 @@
 
 The native stream waits for the next event off the event loop; this coroutine then
 turns the event's JSON text into a dict and runs the ``event_hooks`` on the loop
-thread, in order, before the event is yielded (a hook exception propagates).
+thread, in order, before the event is yielded (a hook exception propagates). Async tool
+handlers of the run may arrive through the same wait; they are started on this loop.
 """
 
 from __future__ import annotations
@@ -15,9 +16,22 @@ from typing import Any
 __all__ = ["next_event", "resolve"]
 
 
-async def next_event(pending: Awaitable[str], hooks: Sequence[Callable[[dict[str, Any]], Any]]) -> dict[str, Any]:
-    """The next event dict of a stream, after the hooks have seen it."""
-    event: dict[str, Any] = json.loads(await pending)
+async def next_event(
+    pending: Awaitable[Any], hooks: Sequence[Callable[[dict[str, Any]], Any]], stream: Any
+) -> dict[str, Any]:
+    """The next event dict of a stream, after the hooks have seen it.
+
+    The wait may instead resolve to async tool calls handed to this consumer (native
+    ``Handed``): their handlers start here, as tasks of this loop, and the wait goes on.
+    """
+    item = await pending
+    while item.__class__ is not str:
+        text = item.start()
+        if text is not None:
+            item = text
+            break
+        item = await stream._wait_next()
+    event: dict[str, Any] = json.loads(item)
     for hook in hooks:
         hook(event)
     return event
