@@ -89,13 +89,15 @@ impl Inner {
             });
         }
         let db = self.db.write().unwrap_or_else(|p| p.into_inner()).take();
-        // Appends acknowledged in memory but not committed yet; nothing can add to them now
-        // that the sender is gone. (Only for the reader that may still hold the database.)
+        // Appends acknowledged in memory but not committed yet, or logged only as journal
+        // frames; nothing can add to them now that the sender is gone.
         if let Some(db) = &db
             && let Db::Rw(rw) = &**db
-            && let Err(e) = self.shared.settle(rw, &self.label)
         {
-            result = result.and(Err(e));
+            if let Err(e) = self.shared.settle(rw, &self.label) {
+                result = result.and(Err(e));
+            }
+            self.shared.make_journal_durable(rw, &self.label);
         }
         // A reader may still hold the database for a moment; it then closes when that reader
         // lets go of it.
@@ -329,15 +331,21 @@ impl Store {
         if options.shared_reads && wal::wal_path(&canonical).exists() {
             // Readers of other processes see the store file only: fold a log left by a
             // crashed writer into it first (a writer open of its own, closed right away).
-            WalBackend::open_database(
+            let (db, wal) = WalBackend::open_database(
                 &canonical,
                 redb::ConcurrencyMode::ExclusiveWriter,
                 wal::DEFAULT_LOG_SIZE,
             )
             .map_err(|e| io_err(&canonical, e))?
-            .map_err(|e| locked_or_db(&label, e))?
-            .close()
-            .db(&label)?;
+            .map_err(|e| locked_or_db(&label, e))?;
+            let txn = db.begin_write().db(&label)?;
+            if replay_journal_tail(&txn, Some(&wal), &label)? {
+                txn.commit().db(&label)?;
+                wal.mark_durable();
+            } else {
+                txn.abort().db(&label)?;
+            }
+            db.close().db(&label)?;
         }
         let db = loop {
             attempts -= 1;
@@ -345,10 +353,12 @@ impl Store {
                 redb::Builder::new()
                     .set_concurrency_mode(mode)
                     .create(&canonical)
+                    .map(|db| (db, None))
             } else {
                 // The default: commits go to the write-ahead log (see `wal`).
                 WalBackend::open_database(&canonical, mode, wal::DEFAULT_LOG_SIZE)
                     .map_err(|e| io_err(&canonical, e))?
+                    .map(|(db, wal)| (db, Some(wal)))
             };
             match opened {
                 Ok(db) => break db,
@@ -363,7 +373,8 @@ impl Store {
             tracing::warn!(store = %label, "durability `eventual` is not available with shared_reads; using `immediate`");
             durability = Durability::Immediate;
         }
-        let inner = Self::start(db, Some(canonical.clone()), label, durability)?;
+        let (db, wal) = db;
+        let inner = Self::start(db, Some(canonical.clone()), label, durability, wal)?;
         registry.insert(canonical, Arc::downgrade(&inner));
         Ok(Store {
             inner,
@@ -397,11 +408,14 @@ impl Store {
             });
         }
         let open = |mode| {
-            let backend = WalBackend::open(&canonical, false, wal::DEFAULT_LOG_SIZE)
-                .map_err(redb::DatabaseError::from)?;
+            let backend = Arc::new(
+                WalBackend::open(&canonical, false, wal::DEFAULT_LOG_SIZE)
+                    .map_err(redb::DatabaseError::from)?,
+            );
             redb::Builder::new()
                 .set_concurrency_mode(mode)
-                .open_read_only_with_backend(backend)
+                .open_read_only_with_backend(wal::SharedWal(Arc::clone(&backend)))
+                .map(|db| (db, backend))
         };
         // Try the exclusive-writer protocol first (no writer, or a file nobody holds); a
         // writer with shared_reads refuses it, and then the shared protocol is the one to use.
@@ -427,6 +441,13 @@ impl Store {
             }
             Err(e) => return Err(StoreError::db(&label, e)),
         };
+        let (db, backend) = db;
+        if !backend.journal_tail().is_empty() {
+            // A crashed writer's last appends are in journal frames, which only a writer
+            // applies; a reader without them would miss acknowledged records. (redb asks
+            // for the same after any crash: it repairs only in a writer.)
+            return Err(StoreError::NeedsRecovery { path: label });
+        }
         let db = Db::Ro(db);
         check_format(&db, &label)?;
         let inner = Arc::new(Inner {
@@ -463,7 +484,7 @@ impl Store {
             .set_cache_size(IN_MEMORY_CACHE_BYTES)
             .create_with_backend(crate::memory::MemoryBackend::default())
             .db(&label)?;
-        let inner = Self::start(db, None, label, durability)?;
+        let inner = Self::start(db, None, label, durability, None)?;
         Ok(Store {
             inner,
             read_only: false,
@@ -476,12 +497,21 @@ impl Store {
         path: Option<PathBuf>,
         label: String,
         durability: Durability,
+        wal: Option<Arc<WalBackend>>,
     ) -> Result<Arc<Inner>, StoreError> {
         let txn = db.begin_write().db(&label)?;
         init_schema(&txn, &label)?;
+        // Appends a crashed writer acknowledged through journal frames, before anything
+        // else reads or writes: this durable commit covers them from now on.
+        let replayed = replay_journal_tail(&txn, wal.as_deref(), &label)?;
         let interrupted =
             writer::Writes::new(&txn, &label).interrupt_running(SystemClock.now_ms())?;
         txn.commit().db(&label)?;
+        if let Some(wal) = &wal
+            && replayed
+        {
+            wal.mark_durable();
+        }
         if !interrupted.is_empty() {
             tracing::info!(store = %label, runs = interrupted.len(), "runs left running by a previous process marked interrupted");
         }
@@ -494,6 +524,9 @@ impl Store {
             (Durability::Immediate, false) => Policy::Memory,
         };
         let shared = Arc::new(Shared::new(policy));
+        if let (Policy::Immediate, Some(wal)) = (policy, wal) {
+            shared.set_journal_log(wal);
+        }
         let handle = writer::spawn(db.clone(), rx, label.clone(), shared.clone()).map_err(|e| {
             StoreError::Io {
                 path: label.clone(),
@@ -836,6 +869,32 @@ impl Store {
             Db::Ro(_) => None,
         }
     }
+}
+
+/// Writes, in `txn`, the appends of the journal frames in the log that the store does not
+/// hold yet (storage/FORMAT.md, "Journal frames"); whether there were frames. The caller
+/// commits durably, then tells the log ([`WalBackend::mark_durable`]).
+fn replay_journal_tail(
+    txn: &redb::WriteTransaction,
+    wal: Option<&WalBackend>,
+    label: &str,
+) -> Result<bool, StoreError> {
+    let tail = wal.map(WalBackend::journal_tail).unwrap_or_default();
+    if tail.is_empty() {
+        return Ok(false);
+    }
+    let mut writes = writer::Writes::new(txn, label);
+    let mut records = 0;
+    for body in &tail {
+        records += writes.replay_journal_frame(body)?;
+    }
+    tracing::info!(
+        store = label,
+        frames = tail.len(),
+        records,
+        "replayed the journal frames of the write-ahead log"
+    );
+    Ok(true)
 }
 
 fn check_format(db: &Db, label: &str) -> Result<(), StoreError> {

@@ -37,10 +37,14 @@ use redb::{BackendError, StorageBackend};
 const CHUNK: u64 = 4096;
 /// Log header: magic, version, salt, checksum. Frames start at [`FRAMES_START`].
 const WAL_MAGIC: &[u8; 8] = b"FLOWAIWL";
-const WAL_VERSION: u32 = 1;
+/// Version 2 added journal frames; version 1 logs (page frames only) are still read.
+const WAL_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 16;
 const FRAMES_START: u64 = 4096;
 const FRAME_MAGIC: u32 = 0x464c_5746;
+/// A journal frame: appends the store acknowledged after a non-durable redb commit (see
+/// [`WalBackend::append_journal`]), with the page frame's header layout.
+const JOURNAL_FRAME_MAGIC: u32 = 0x464c_574a;
 /// magic, body length, frame number, shortest length since the previous frame, length.
 const FRAME_HEADER_LEN: usize = 4 + 4 + 8 + 8 + 8;
 const CHECKSUM_LEN: usize = 16;
@@ -70,6 +74,10 @@ pub(crate) fn wal_path(path: &Path) -> PathBuf {
 }
 
 type Checksum = [u8; CHECKSUM_LEN];
+
+/// The generation a replayed log lets a writer continue: version, salt, last checksum,
+/// next frame number, end.
+type Recovered = (u32, u64, Checksum, u64, u64);
 
 /// xxh3-128 seeded with the generation's salt. Not a MAC: the salt is what keeps bytes
 /// that were never a frame of this generation (old frames, user data inside pages) from
@@ -221,6 +229,9 @@ impl Pending {
 /// The open log of a writer.
 struct Log {
     file: File,
+    /// The version in this generation's header: journal frames go only into a version 2
+    /// generation (a version 1 reader would take one for the end of the log).
+    version: u32,
     capacity: u64,
     salt: u64,
     /// Checksum of the last valid frame (of the header before the first).
@@ -239,6 +250,13 @@ struct State {
     /// redb wrote through this backend, so it holds redb's write lock.
     wrote: bool,
     closed: bool,
+    /// Bodies of the journal frames not known to be covered by a durable redb commit: those
+    /// found at open, then those appended since the store last reported a durable commit
+    /// ([`WalBackend::mark_durable`]). A checkpoint writes them again into the new
+    /// generation (redb also syncs outside durable commits, e.g. when it grows the file,
+    /// so a checkpoint does not mean they are covered), and closing keeps the log while
+    /// there are any.
+    journal: Vec<Vec<u8>>,
 }
 
 pub(crate) struct WalBackend {
@@ -274,17 +292,19 @@ impl WalBackend {
             base_len,
             len: base_len,
         };
+        let mut journal = Vec::new();
         let recovered = match std::fs::read(&wal_path) {
-            Ok(bytes) => replay(&bytes, &mut image, &main)?,
+            Ok(bytes) => replay(&bytes, &mut image, &main, &mut journal)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
         let recovered = match (recovered, writable) {
-            (Some((salt, prev, next_frame, end)), true) => {
+            (Some((version, salt, prev, next_frame, end)), true) => {
                 let file = OpenOptions::new().read(true).write(true).open(&wal_path)?;
                 let capacity = file.metadata()?.len();
                 Some(Log {
                     file,
+                    version,
                     capacity,
                     salt,
                     prev,
@@ -311,6 +331,7 @@ impl WalBackend {
                 log: recovered,
                 wrote: false,
                 closed: false,
+                journal,
             }),
         })
     }
@@ -321,16 +342,55 @@ impl WalBackend {
         path: &Path,
         mode: redb::ConcurrencyMode,
         size: LogSize,
-    ) -> io::Result<Result<redb::Database, redb::DatabaseError>> {
-        let backend = WalBackend::open(path, true, size)?;
-        let owned = Arc::clone(&backend.owned);
+    ) -> io::Result<Result<(redb::Database, Arc<WalBackend>), redb::DatabaseError>> {
+        let backend = Arc::new(WalBackend::open(path, true, size)?);
         let opened = redb::Builder::new()
             .set_concurrency_mode(mode)
-            .create_with_backend(backend);
+            .create_with_backend(SharedWal(Arc::clone(&backend)));
         if opened.is_ok() {
-            owned.store(true, Ordering::Release);
+            backend.owned.store(true, Ordering::Release);
         }
-        Ok(opened)
+        Ok(opened.map(|db| (db, backend)))
+    }
+
+    /// Appends one journal frame (`body`: appends the caller committed to redb without
+    /// durability) and fdatasyncs it. `Ok(false)`: it does not fit in the log (or the log
+    /// continues a version 1 generation); make a durable commit instead, which covers
+    /// those appends.
+    pub(crate) fn append_journal(&self, body: &[u8]) -> io::Result<bool> {
+        let mut state = self.write_state()?;
+        let len = (FRAME_HEADER_LEN + body.len() + CHECKSUM_LEN) as u64;
+        let mut log = match state.log.take() {
+            Some(log) => log,
+            None => self.new_log()?,
+        };
+        let fits = log.end + len <= log.capacity && log.version >= 2;
+        let result = if fits {
+            append_journal_frame(&mut log, body, state.image.len)
+        } else {
+            Ok(())
+        };
+        state.log = Some(log);
+        result?;
+        if fits {
+            state.journal.push(body.to_vec());
+        }
+        Ok(fits)
+    }
+
+    /// The store made a durable redb commit: every journal frame so far is covered by it.
+    pub(crate) fn mark_durable(&self) {
+        self.state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .journal
+            .clear();
+    }
+
+    /// The journal frames not known to be covered by a durable commit (all of them, in
+    /// order, right after open: applying one already covered is a no-op).
+    pub(crate) fn journal_tail(&self) -> Vec<Vec<u8>> {
+        self.read_state().journal.clone()
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
@@ -367,6 +427,7 @@ impl WalBackend {
         extend_with_zeros(&file, have, capacity)?;
         let mut log = Log {
             file,
+            version: WAL_VERSION,
             capacity,
             salt: 0,
             prev: [0; CHECKSUM_LEN],
@@ -461,6 +522,15 @@ impl WalBackend {
                 log.capacity = grown;
             }
             start_generation(log)?;
+            for body in &state.journal {
+                let len = (FRAME_HEADER_LEN + body.len() + CHECKSUM_LEN) as u64;
+                if log.end + len > log.capacity {
+                    let grown = (log.end + len).next_power_of_two();
+                    extend_with_zeros(&log.file, log.capacity, grown)?;
+                    log.capacity = grown;
+                }
+                append_journal_frame(log, body, state.image.len)?;
+            }
         }
         Ok(())
     }
@@ -530,6 +600,27 @@ fn append_frame(log: &mut Log, image: &Image, pending: &Pending, len: u64) -> io
     Ok(())
 }
 
+fn append_journal_frame(log: &mut Log, body: &[u8], len: u64) -> io::Result<()> {
+    let body_len = u32::try_from(body.len())
+        .map_err(|_| invalid(format!("journal frame body of {} bytes", body.len())))?;
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + body.len() + CHECKSUM_LEN);
+    frame.extend_from_slice(&JOURNAL_FRAME_MAGIC.to_le_bytes());
+    frame.extend_from_slice(&body_len.to_le_bytes());
+    frame.extend_from_slice(&log.next_frame.to_le_bytes());
+    // The file's length, twice, as a page frame that changes nothing would say.
+    frame.extend_from_slice(&len.to_le_bytes());
+    frame.extend_from_slice(&len.to_le_bytes());
+    frame.extend_from_slice(body);
+    let sum = checksum(log.salt, &[&log.prev, &frame]);
+    frame.extend_from_slice(&sum);
+    log.file.write_all_at(&frame, log.end)?;
+    log.file.sync_data()?;
+    log.prev = sum;
+    log.next_frame += 1;
+    log.end += frame.len() as u64;
+    Ok(())
+}
+
 /// Real zeros, not fallocate: writing into unwritten extents would make every frame's
 /// fdatasync update the extent tree too. Synced by the caller's next fdatasync.
 fn extend_with_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
@@ -556,6 +647,7 @@ fn start_generation(log: &mut Log) -> io::Result<()> {
     log.file.write_all_at(&header, 0)?;
     log.file.sync_data()?;
     log.salt = salt;
+    log.version = WAL_VERSION;
     log.prev = sum;
     log.next_frame = 0;
     log.end = FRAMES_START;
@@ -606,7 +698,8 @@ fn replay(
     bytes: &[u8],
     image: &mut Image,
     main: &FileBackend,
-) -> io::Result<Option<(u64, Checksum, u64, u64)>> {
+    journal: &mut Vec<Vec<u8>>,
+) -> io::Result<Option<Recovered>> {
     if bytes.len() < HEADER_LEN || &bytes[..8] != WAL_MAGIC {
         return Ok(None);
     }
@@ -618,7 +711,7 @@ fn replay(
         return Ok(None);
     }
     let version = read_u32(bytes, 8);
-    if version != WAL_VERSION {
+    if version != WAL_VERSION && version != 1 {
         return Err(invalid(format!(
             "write-ahead log version {version} (this build reads version {WAL_VERSION})"
         )));
@@ -628,7 +721,8 @@ fn replay(
     let mut number = 0u64;
     while pos + FRAME_HEADER_LEN <= bytes.len() {
         let header = &bytes[pos..pos + FRAME_HEADER_LEN];
-        if read_u32(header, 0) != FRAME_MAGIC || read_u64(header, 8) != number {
+        let magic = read_u32(header, 0);
+        if (magic != FRAME_MAGIC && magic != JOURNAL_FRAME_MAGIC) || read_u64(header, 8) != number {
             break;
         }
         let body_len = read_u32(header, 4) as usize;
@@ -640,6 +734,13 @@ fn replay(
         let sum = checksum(salt, &[&prev, frame]);
         if sum[..] != bytes[end - CHECKSUM_LEN..end] {
             break;
+        }
+        if magic == JOURNAL_FRAME_MAGIC {
+            journal.push(frame[FRAME_HEADER_LEN..].to_vec());
+            prev = sum;
+            number += 1;
+            pos = end;
+            continue;
         }
         let (min_len, len) = (read_u64(header, 16), read_u64(header, 24));
         image.set_len(min_len.min(image.len));
@@ -667,7 +768,7 @@ fn replay(
         number += 1;
         pos = end;
     }
-    Ok(Some((salt, prev, number, pos as u64)))
+    Ok(Some((version, salt, prev, number, pos as u64)))
 }
 
 impl StorageBackend for WalBackend {
@@ -717,7 +818,9 @@ impl StorageBackend for WalBackend {
         let holds_lock = state.wrote || self.owned.load(Ordering::Acquire);
         let has_log = state.log.is_some();
         let mut result = Ok(());
-        if self.writable && holds_lock && (state.wrote || has_log) {
+        // Journal frames nobody committed yet must stay in the log for the next open.
+        let tail_pending = !state.journal.is_empty();
+        if self.writable && holds_lock && (state.wrote || has_log) && !tail_pending {
             result = self.checkpoint(&mut state, usize::MAX).and_then(|()| {
                 match std::fs::remove_file(&self.wal_path) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -757,6 +860,65 @@ impl StorageBackend for WalBackend {
     }
 }
 
+/// The backend handed to redb, sharing the [`WalBackend`] with the store (which appends
+/// journal frames to the same log).
+#[derive(Debug)]
+pub(crate) struct SharedWal(pub(crate) Arc<WalBackend>);
+
+impl StorageBackend for SharedWal {
+    fn len(&self) -> Result<u64, io::Error> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.0.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.0.write(offset, data)
+    }
+
+    fn close(&self) -> Result<(), io::Error> {
+        self.0.close()
+    }
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.0.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.0.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.0.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.0.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.0.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.0.query_lock_range(start, end)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -771,6 +933,58 @@ mod tests {
         let path = dir.join("s.redb");
         File::create(&path).expect("create");
         path
+    }
+
+    #[test]
+    fn journal_frames_outlive_checkpoints_until_a_durable_commit_covers_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = new_store_file(dir.path());
+        let backend = WalBackend::open(&path, true, SMALL).expect("open");
+        backend.write(0, &[1; 100]).expect("write");
+        assert!(backend.append_journal(b"first").expect("append"));
+        assert!(backend.append_journal(b"second").expect("append"));
+        // A sync outside a durable commit may checkpoint and start a new generation: the
+        // frames are written again into it.
+        backend
+            .checkpoint_partially(usize::MAX)
+            .expect("checkpoint");
+        drop(backend); // a crash: no close
+        let reopened = WalBackend::open(&path, false, SMALL).expect("reopen");
+        assert_eq!(
+            reopened.journal_tail(),
+            vec![b"first".to_vec(), b"second".to_vec()]
+        );
+        drop(reopened);
+
+        let backend = WalBackend::open(&path, true, SMALL).expect("open");
+        backend.mark_durable();
+        backend
+            .checkpoint_partially(usize::MAX)
+            .expect("checkpoint");
+        drop(backend);
+        let reopened = WalBackend::open(&path, false, SMALL).expect("reopen");
+        assert!(
+            reopened.journal_tail().is_empty(),
+            "covered frames are gone"
+        );
+    }
+
+    #[test]
+    fn closing_keeps_a_log_whose_journal_frames_nobody_applied() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = new_store_file(dir.path());
+        let backend = WalBackend::open(&path, true, SMALL).expect("open");
+        assert!(backend.append_journal(b"unapplied").expect("append"));
+        drop(backend);
+        let backend = WalBackend::open(&path, true, SMALL).expect("open");
+        backend.owned.store(true, Ordering::Release);
+        backend.close().expect("close");
+        assert!(
+            wal_path(&path).exists(),
+            "the log stays for the next writer"
+        );
+        let reopened = WalBackend::open(&path, false, SMALL).expect("reopen");
+        assert_eq!(reopened.journal_tail(), vec![b"unapplied".to_vec()]);
     }
 
     fn contents(backend: &WalBackend) -> Vec<u8> {
@@ -885,9 +1099,9 @@ mod tests {
         let bytes = std::fs::read(wal_path(path)).expect("log");
         let mut image = Image::default();
         let main = FileBackend::new(File::open(path).expect("main")).expect("backend");
-        replay(&bytes, &mut image, &main)
+        replay(&bytes, &mut image, &main, &mut Vec::new())
             .expect("replay")
-            .map_or(0, |(_, _, _, end)| end as usize)
+            .map_or(0, |(_, _, _, _, end)| end as usize)
     }
 
     #[test]

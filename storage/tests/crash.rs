@@ -26,6 +26,8 @@ use flowai_storage::{
 const CHILD_ENV: &str = "FLOWAI_CRASH_CHILD";
 /// How many appending threads the child runs (default: one per run).
 const THREADS_ENV: &str = "FLOWAI_CRASH_CHILD_THREADS";
+/// When set, the child aborts (no destructors, like a crash) after this many rounds.
+const ABORT_AFTER_ENV: &str = "FLOWAI_CRASH_CHILD_ABORT_AFTER";
 const RUNS: usize = 4;
 
 fn run_id(i: usize) -> RunId {
@@ -129,8 +131,14 @@ fn crash_child_entry() {
                     .iter()
                     .map(|&i| store.last_seq(run_id(i)).unwrap() + 1)
                     .collect();
+                let abort_after: Option<usize> = std::env::var(ABORT_AFTER_ENV)
+                    .ok()
+                    .and_then(|v| v.parse().ok());
                 // Far more than a child lives to write: the parent kills it long before.
-                for _ in 0..1_000_000 {
+                for round in 0..1_000_000 {
+                    if abort_after == Some(round) {
+                        std::process::abort();
+                    }
                     for (k, &i) in runs.iter().enumerate() {
                         let n = 1 + rng.below(4);
                         let last = append(&store, i, next[k], n);
@@ -164,7 +172,17 @@ fn verify(path: &Path, acked: &mut [u64; RUNS], context: &str, shared_reads: boo
     if path.exists() {
         let before = files(path);
         match Store::open_read_only(path) {
-            Ok(store) => store.close().unwrap(),
+            Ok(store) => {
+                // A reader sees every acknowledged record too, journal frames included.
+                for (i, acked) in acked.iter().enumerate() {
+                    let last = store.last_seq(run_id(i)).unwrap();
+                    assert!(
+                        last >= *acked,
+                        "{context}: a read-only open sees {last} records of run {i}, {acked} were acknowledged"
+                    );
+                }
+                store.close().unwrap();
+            }
             Err(StoreError::NeedsRecovery { .. }) => needed_recovery = true,
             Err(e) => panic!("{context}: read-only open after a crash: {e}"),
         }
@@ -234,6 +252,65 @@ fn acknowledged_records_of_a_lone_appender_survive_sigkill() {
         return;
     }
     kill_and_verify(1, "a lone appender");
+}
+
+#[test]
+fn a_writer_recovers_appends_a_crashed_writer_logged_as_journal_frames() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("crash.redb");
+    // Plain appends after each run's first: journal frames, no durable commit after those.
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, &path)
+        .env(THREADS_ENV, "1")
+        .env(ABORT_AFTER_ENV, "12")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the child aborts");
+    let mut acked = [0u64; RUNS];
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let line = line.rsplit("... ").next().unwrap_or(line);
+        if let Some(rest) = line.strip_prefix("ack ") {
+            let mut parts = rest.split(' ');
+            let i: usize = parts.next().unwrap().parse().unwrap();
+            acked[i] = parts.next().unwrap().parse().unwrap();
+        }
+    }
+    assert!(acked.iter().all(|&a| a > 12), "acks: {acked:?}");
+    let before = files(&path);
+    assert!(before.1.is_some(), "the crashed writer left its log");
+    // A reader cannot apply the frames: it asks for a writer open, and changes nothing.
+    assert!(matches!(
+        Store::open_read_only(&path),
+        Err(StoreError::NeedsRecovery { .. })
+    ));
+    assert!(files(&path) == before, "a read-only open changed a file");
+    let writer = Store::open(&path, StoreOptions::default()).unwrap();
+    for (i, acked) in acked.iter().enumerate() {
+        assert_eq!(
+            writer.last_seq(run_id(i)).unwrap(),
+            *acked,
+            "writer, run {i}"
+        );
+    }
+    writer.close().unwrap();
+    assert!(files(&path).1.is_none(), "a clean close folds the log in");
+    let reopened = Store::open_read_only(&path).unwrap();
+    for (i, acked) in acked.iter().enumerate() {
+        assert_eq!(
+            reopened.last_seq(run_id(i)).unwrap(),
+            *acked,
+            "after the fold, run {i}"
+        );
+    }
 }
 
 /// Kills a child with `threads` appending threads at random moments, verifying the store
