@@ -1254,20 +1254,7 @@ mod tests {
     fn in_memory_commits_are_non_durable_yet_read_at_once_and_reclaimed() {
         let store = Store::in_memory().unwrap();
         let run = ulid::Ulid(11);
-        let mut create = request(run, Some(1), 1);
-        create
-            .index_updates
-            .push(crate::IndexUpdate::CreateRun(crate::RunMeta {
-                run_id: run,
-                tenant: "t".into(),
-                thread: "th".into(),
-                agent: "a".into(),
-                status: crate::RunStatus::Running,
-                created_at_ms: 1,
-                updated_at_ms: 1,
-                parent: None,
-            }));
-        store.append_blocking(create).unwrap();
+        store.append_blocking(create_run(run)).unwrap();
         let allocated = || {
             let txn = store.raw_db().unwrap().begin_write().unwrap();
             let pages = txn.stats().unwrap().allocated_pages();

@@ -156,6 +156,20 @@ fn crash_child_entry() {
     }
 }
 
+/// This test binary, run as the appending child on the store at `path`.
+fn child_command(exe: &Path, path: &Path) -> Command {
+    let mut command = Command::new(exe);
+    command
+        .args([
+            "--exact",
+            "crash_child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, path);
+    command
+}
+
 /// The store file and its write-ahead log, as bytes (`None` for a missing file).
 fn files(path: &Path) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     let mut wal = path.as_os_str().to_owned();
@@ -262,14 +276,7 @@ fn a_writer_recovers_appends_a_crashed_writer_logged_as_journal_frames() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().join("crash.redb");
     // Plain appends after each run's first: journal frames, no durable commit after those.
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash_child_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &path)
+    let output = child_command(&std::env::current_exe().unwrap(), &path)
         .env(THREADS_ENV, "1")
         .env(ABORT_AFTER_ENV, "12")
         .output()
@@ -341,14 +348,7 @@ fn kill_and_verify(threads: usize, shape: &str) {
 
     for k in 0..kills {
         let context = format!("{shape}: seed {seed}, kill {k}");
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_child_entry",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, &path)
+        let mut child = child_command(&exe, &path)
             .env(THREADS_ENV, threads.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -442,14 +442,7 @@ fn a_store_killed_while_created_is_absent_or_opens() {
     let mut created = 0;
     for round in 0..40 {
         let path = dir.path().join(format!("new-{round}.redb"));
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_child_entry",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, &path)
+        let mut child = child_command(&exe, &path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
