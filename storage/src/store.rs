@@ -1144,20 +1144,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = file_store(&dir, "checks.redb", Durability::Immediate);
         let run = ulid::Ulid(7);
-        let mut create = request(run, Some(1), 1);
+        let mut create = create_run(run);
         create.precondition = crate::Precondition::RunAbsent(run);
-        create
-            .index_updates
-            .push(crate::IndexUpdate::CreateRun(crate::RunMeta {
-                run_id: run,
-                tenant: "t".into(),
-                thread: "th".into(),
-                agent: "a".into(),
-                status: crate::RunStatus::Running,
-                created_at_ms: 1,
-                updated_at_ms: 1,
-                parent: None,
-            }));
         store.append_blocking(create.clone()).unwrap();
 
         let err = store.append_blocking(create).unwrap_err();
