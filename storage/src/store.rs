@@ -442,7 +442,7 @@ impl Store {
             Err(e) => return Err(StoreError::db(&label, e)),
         };
         let (db, backend) = db;
-        if !backend.journal_tail().is_empty() {
+        if backend.has_journal() {
             // A crashed writer's last appends are in journal frames, which only a writer
             // applies; a reader without them would miss acknowledged records. (redb asks
             // for the same after any crash: it repairs only in a writer.)

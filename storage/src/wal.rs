@@ -387,6 +387,11 @@ impl WalBackend {
             .clear();
     }
 
+    /// Whether some journal frame is not known to be covered by a durable commit.
+    pub(crate) fn has_journal(&self) -> bool {
+        !self.read_state().journal.is_empty()
+    }
+
     /// The journal frames not known to be covered by a durable commit (all of them, in
     /// order, right after open: applying one already covered is a no-op).
     pub(crate) fn journal_tail(&self) -> Vec<Vec<u8>> {

@@ -520,25 +520,23 @@ impl Shared {
             Pending::Append(_, result) => Some(result),
             Pending::Gc(..) => None,
         });
+        let mut encoded = Ok(());
         for ((run, records), result) in journaled.into_iter().zip(acks) {
             let Ok(ack) = result else { continue };
-            if ack.last_seq == 0 {
-                continue;
-            }
-            if let Err(e) = encode_journal_entry(&mut body, run, ack.first_seq, records) {
-                // Encoded once already, inside the commit: cannot differ now.
-                tracing::error!(store = label, error = %e, "journal frame encoding failed");
-                body.clear();
-                break;
+            if ack.last_seq > 0 {
+                encoded = encode_journal_entry(&mut body, run, ack.first_seq, records);
+                if encoded.is_err() {
+                    break;
+                }
             }
         }
-        let logged = match wal.append_journal(&body) {
+        let logged = encoded.and_then(|()| match wal.append_journal(&body) {
             Ok(true) => Ok(()),
             Ok(false) => Err(String::from("journal frame does not fit in the log")),
             Err(e) => Err(e.to_string()),
-        };
+        });
         if let Err(why) = logged {
-            if body.is_empty() || !sync(db, label) {
+            if !sync(db, label) {
                 let err = StoreError::CommitFailed {
                     path: label.to_owned(),
                     reason: format!("the commit could not be made durable ({why})"),
@@ -561,7 +559,7 @@ impl Shared {
             return;
         };
         let state = self.gate();
-        if wal.journal_tail().is_empty() {
+        if !wal.has_journal() {
             return;
         }
         if sync(db, label) {
