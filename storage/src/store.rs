@@ -442,14 +442,14 @@ impl Store {
             Err(e) => return Err(StoreError::db(&label, e)),
         };
         let (db, backend) = db;
-        if backend.has_journal() {
-            // A crashed writer's last appends are in journal frames, which only a writer
-            // applies; a reader without them would miss acknowledged records. (redb asks
-            // for the same after any crash: it repairs only in a writer.)
-            return Err(StoreError::NeedsRecovery { path: label });
-        }
         let db = Db::Ro(db);
         check_format(&db, &label)?;
+        if !journal_frames_are_held(&db, &backend, &label)? {
+            // A crashed writer's last appends are in journal frames, which only a writer
+            // applies; a reader without them would miss acknowledged records. (redb asks
+            // for the same after most crashes: it repairs only in a writer.)
+            return Err(StoreError::NeedsRecovery { path: label });
+        }
         let inner = Arc::new(Inner {
             path: Some(canonical.clone()),
             label,
@@ -869,6 +869,26 @@ impl Store {
             Db::Ro(_) => None,
         }
     }
+}
+
+/// Whether the store already holds every append of the journal frames in its log.
+fn journal_frames_are_held(db: &Db, wal: &WalBackend, label: &str) -> Result<bool, StoreError> {
+    if !wal.has_journal() {
+        return Ok(true);
+    }
+    let txn = db.begin_read().db(label)?;
+    let journal = txn.open_table(tables::JOURNAL).db(label)?;
+    for body in wal.journal_tail() {
+        let entries = writer::decode_journal_body(&body)
+            .map_err(|e| StoreError::corrupt(label, "write-ahead log journal frame", e))?;
+        for (run, first_seq, records) in entries {
+            let last = crate::read::last_seq_in(&journal, run).db(label)?;
+            if first_seq + records.len() as u64 > last + 1 {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Writes, in `txn`, the appends of the journal frames in the log that the store does not

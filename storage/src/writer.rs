@@ -226,9 +226,9 @@ fn encode_journal_entry(
 
 /// The entries of a journal frame's body: (run, first seq, encoded records).
 /// One run's appends in a journal frame: run, first seq, encoded records.
-type JournalEntry<'a> = (RunId, u64, Vec<&'a [u8]>);
+pub(crate) type JournalEntry<'a> = (RunId, u64, Vec<&'a [u8]>);
 
-fn decode_journal_body(body: &[u8]) -> Result<Vec<JournalEntry<'_>>, String> {
+pub(crate) fn decode_journal_body(body: &[u8]) -> Result<Vec<JournalEntry<'_>>, String> {
     fn take<'a>(body: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], String> {
         let bytes = body
             .get(*at..*at + n)
