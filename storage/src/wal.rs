@@ -576,7 +576,7 @@ fn clip(index: u64, from: usize, to: usize, len: u64) -> Option<(usize, usize)> 
 fn append_frame(log: &mut Log, image: &Image, pending: &Pending, len: u64) -> io::Result<()> {
     let mut frame = Vec::with_capacity(len as usize);
     frame.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
-    frame.extend_from_slice(&0u32.to_le_bytes()); // body length, set below
+    frame.extend_from_slice(&0u32.to_le_bytes()); // body length, set by seal_and_write
     frame.extend_from_slice(&log.next_frame.to_le_bytes());
     frame.extend_from_slice(&pending.min_len.to_le_bytes());
     frame.extend_from_slice(&image.len.to_le_bytes());
@@ -591,31 +591,28 @@ fn append_frame(log: &mut Log, image: &Image, pending: &Pending, len: u64) -> io
         frame.extend_from_slice(&((to - from) as u32).to_le_bytes());
         frame.extend_from_slice(&chunk[from..to]);
     }
-    let body_len = frame.len() - FRAME_HEADER_LEN;
-    let body_len =
-        u32::try_from(body_len).map_err(|_| invalid(format!("frame body of {body_len} bytes")))?;
-    frame[4..8].copy_from_slice(&body_len.to_le_bytes());
-    let sum = checksum(log.salt, &[&log.prev, &frame]);
-    frame.extend_from_slice(&sum);
-    log.file.write_all_at(&frame, log.end)?;
-    log.file.sync_data()?;
-    log.prev = sum;
-    log.next_frame += 1;
-    log.end += frame.len() as u64;
-    Ok(())
+    seal_and_write(log, frame)
 }
 
 fn append_journal_frame(log: &mut Log, body: &[u8], len: u64) -> io::Result<()> {
-    let body_len = u32::try_from(body.len())
-        .map_err(|_| invalid(format!("journal frame body of {} bytes", body.len())))?;
     let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + body.len() + CHECKSUM_LEN);
     frame.extend_from_slice(&JOURNAL_FRAME_MAGIC.to_le_bytes());
-    frame.extend_from_slice(&body_len.to_le_bytes());
+    frame.extend_from_slice(&0u32.to_le_bytes()); // body length, set by seal_and_write
     frame.extend_from_slice(&log.next_frame.to_le_bytes());
     // The file's length, twice, as a page frame that changes nothing would say.
     frame.extend_from_slice(&len.to_le_bytes());
     frame.extend_from_slice(&len.to_le_bytes());
     frame.extend_from_slice(body);
+    seal_and_write(log, frame)
+}
+
+/// Sets the body length of a frame (header and body, in `frame`), appends its chained
+/// checksum, writes it at the log's end and fdatasyncs.
+fn seal_and_write(log: &mut Log, mut frame: Vec<u8>) -> io::Result<()> {
+    let body_len = frame.len() - FRAME_HEADER_LEN;
+    let body_len =
+        u32::try_from(body_len).map_err(|_| invalid(format!("frame body of {body_len} bytes")))?;
+    frame[4..8].copy_from_slice(&body_len.to_le_bytes());
     let sum = checksum(log.salt, &[&log.prev, &frame]);
     frame.extend_from_slice(&sum);
     log.file.write_all_at(&frame, log.end)?;

@@ -170,6 +170,8 @@ pub(crate) struct Committed {
     took: Duration,
     /// An `eventual` commit left the first unsynced state: the writer must arm its timer.
     pub(crate) arm_flush: bool,
+    /// The body of the journal frame for the batch's appends, when one was asked for.
+    journal_frame: Option<Result<Vec<u8>, String>>,
 }
 
 impl Committed {
@@ -182,6 +184,7 @@ impl Committed {
             replies,
             took: Duration::ZERO,
             arm_flush: false,
+            journal_frame: None,
         }
     }
 
@@ -205,21 +208,23 @@ fn is_plain_append(req: &AppendRequest) -> bool {
 
 /// One entry of a journal frame's body: run id (16 bytes LE), first seq (u64 LE), record
 /// count (u32 LE), then per record its encoded length (u32 LE) and bytes (as stored).
-fn encode_journal_entry(
+/// `records` are (seq, encoded record), consecutive.
+fn push_journal_entry(
     body: &mut Vec<u8>,
     run: RunId,
-    first_seq: u64,
-    records: Vec<crate::Record>,
+    records: &[(u64, Vec<u8>)],
 ) -> Result<(), String> {
+    let Some((first_seq, _)) = records.first() else {
+        return Ok(());
+    };
     body.extend_from_slice(&run.0.to_le_bytes());
     body.extend_from_slice(&first_seq.to_le_bytes());
     let count = u32::try_from(records.len()).map_err(|_| "too many records".to_owned())?;
     body.extend_from_slice(&count.to_le_bytes());
-    for rec in records {
-        let bytes = record::encode(rec)?;
+    for (_, bytes) in records {
         let len = u32::try_from(bytes.len()).map_err(|_| "record too large".to_owned())?;
         body.extend_from_slice(&len.to_le_bytes());
-        body.extend_from_slice(&bytes);
+        body.extend_from_slice(bytes);
     }
     Ok(())
 }
@@ -449,16 +454,6 @@ impl Shared {
                     Msg::Gc(..) | Msg::Wake => false,
                 })
         });
-        let journaled: Vec<(RunId, Vec<crate::Record>)> = match journal_log {
-            Some(_) => batch
-                .iter()
-                .filter_map(|msg| match msg {
-                    Msg::Append(req, _) => req.run.as_ref().map(|r| (r.run_id, r.records.clone())),
-                    Msg::Gc(..) | Msg::Wake => None,
-                })
-                .collect(),
-            None => Vec::new(),
-        };
         let durable = match self.policy {
             Policy::Immediate => journal_log.is_none(),
             Policy::Eventual => state
@@ -470,7 +465,16 @@ impl Shared {
         // An all-failed batch writes nothing; its commit may be skipped unless it is the
         // one that must make earlier non-durable commits durable.
         let skippable = self.policy == Policy::Immediate || !durable;
-        let mut committed = run_batch(db, batch, durable, skippable, label);
+        let mut committed = run_batch(
+            db,
+            batch,
+            BatchMode {
+                durable,
+                skippable,
+                journal: journal_log.is_some(),
+            },
+            label,
+        );
         committed.took = started.elapsed();
         self.commit_micros.store(
             u64::try_from(committed.took.as_micros()).unwrap_or(u64::MAX),
@@ -497,7 +501,7 @@ impl Shared {
         if let Some(wal) = journal_log
             && committed.ok
         {
-            self.log_journal_frame(state, db, wal, &mut committed, journaled, label);
+            self.log_journal_frame(state, db, wal, &mut committed, label);
         }
         committed
     }
@@ -512,25 +516,13 @@ impl Shared {
         db: &redb::Database,
         wal: &crate::wal::WalBackend,
         committed: &mut Committed,
-        journaled: Vec<(RunId, Vec<crate::Record>)>,
         label: &str,
     ) {
-        let mut body = Vec::new();
-        let acks = committed.replies.iter().filter_map(|p| match p {
-            Pending::Append(_, result) => Some(result),
-            Pending::Gc(..) => None,
-        });
-        let mut encoded = Ok(());
-        for ((run, records), result) in journaled.into_iter().zip(acks) {
-            let Ok(ack) = result else { continue };
-            if ack.last_seq > 0 {
-                encoded = encode_journal_entry(&mut body, run, ack.first_seq, records);
-                if encoded.is_err() {
-                    break;
-                }
-            }
-        }
-        let logged = encoded.and_then(|()| match wal.append_journal(&body) {
+        let body = committed
+            .journal_frame
+            .take()
+            .unwrap_or_else(|| Err(String::from("no journal frame was made")));
+        let logged = body.and_then(|body| match wal.append_journal(&body) {
             Ok(true) => Ok(()),
             Ok(false) => Err(String::from("journal frame does not fit in the log")),
             Err(e) => Err(e.to_string()),
@@ -623,19 +615,15 @@ impl Shared {
         req: Box<AppendRequest>,
         label: &str,
     ) -> Result<Result<AppendAck, StoreError>, Box<AppendRequest>> {
-        if self.policy != Policy::Memory
-            || state.poisoned.is_some()
-            || req.precondition != Precondition::None
-            || !req.index_updates.is_empty()
-        {
+        if self.policy != Policy::Memory || state.poisoned.is_some() || !is_plain_append(&req) {
             return Err(req);
         }
         let Some(append) = &req.run else {
             return Err(req);
         };
-        let (Some(first), Some(count)) = (
+        let (Some(first), Ok(count)) = (
             append.expected_first_seq,
-            u64::try_from(append.records.len()).ok().filter(|n| *n > 0),
+            u64::try_from(append.records.len()),
         ) else {
             return Err(req);
         };
@@ -871,27 +859,49 @@ pub(crate) fn commit_batch(
     durable: bool,
     label: &str,
 ) -> bool {
-    let committed = run_batch(db, batch, durable, false, label);
+    let committed = run_batch(db, batch, BatchMode::without_journal(durable, false), label);
     let ok = committed.ok;
     committed.deliver();
     ok
 }
 
+/// How [`run_batch`] commits.
+#[derive(Clone, Copy)]
+struct BatchMode {
+    durable: bool,
+    /// Abort instead of committing when every request failed its checks.
+    skippable: bool,
+    /// Build the body of a journal frame for the batch's appends (see
+    /// `Shared::log_journal_frame`).
+    journal: bool,
+}
+
+impl BatchMode {
+    #[cfg(test)]
+    fn without_journal(durable: bool, skippable: bool) -> BatchMode {
+        BatchMode {
+            durable,
+            skippable,
+            journal: false,
+        }
+    }
+}
+
 /// Runs one batch in one transaction; the replies are returned, not sent. With
 /// `skip_if_nothing_written`, a batch whose every request failed its checks is aborted
 /// instead of committed (an empty commit would still cost an fsync), and `ok` stays false.
-fn run_batch(
-    db: &redb::Database,
-    batch: Vec<Msg>,
-    durable: bool,
-    skip_if_nothing_written: bool,
-    label: &str,
-) -> Committed {
+fn run_batch(db: &redb::Database, batch: Vec<Msg>, mode: BatchMode, label: &str) -> Committed {
+    let BatchMode {
+        durable,
+        skippable: skip_if_nothing_written,
+        journal,
+    } = mode;
     let mut committed = Committed {
         ok: false,
         replies: Vec::with_capacity(batch.len()),
         took: Duration::ZERO,
         arm_flush: false,
+        journal_frame: None,
     };
     let mut txn = match db.begin_write() {
         Ok(txn) => txn,
@@ -915,6 +925,9 @@ fn run_batch(
     let mut wrote = false;
     let fatal = {
         let mut w = Writes::new(&txn, label);
+        if journal {
+            w.journal_frame = Some(Ok(Vec::new()));
+        }
         let mut fatal = None;
         for msg in remaining.by_ref() {
             match msg {
@@ -944,6 +957,7 @@ fn run_batch(
                 Msg::Wake => wrote = true,
             }
         }
+        committed.journal_frame = w.journal_frame.take();
         fatal
     };
     if let Some(err) = fatal {
@@ -1020,6 +1034,9 @@ pub(crate) struct Writes<'t> {
     reference_expiry: Option<BytesIndex<'t>>,
     /// Last seq per run as of the writes so far in this transaction.
     last_seqs: HashMap<RunId, u64>,
+    /// When set, every successful append adds its encoded records here: the body of the
+    /// journal frame for these writes (`Err` if one could not be described).
+    journal_frame: Option<Result<Vec<u8>, String>>,
 }
 
 macro_rules! table_getter {
@@ -1055,6 +1072,7 @@ impl<'t> Writes<'t> {
             references: None,
             reference_expiry: None,
             last_seqs: HashMap::new(),
+            journal_frame: None,
         }
     }
 
@@ -1226,6 +1244,11 @@ impl<'t> Writes<'t> {
             }
             if ack.last_seq > 0 {
                 self.last_seqs.insert(run, ack.last_seq);
+            }
+            if let Some(Ok(body)) = &mut self.journal_frame
+                && let Err(e) = push_journal_entry(body, run, &encoded)
+            {
+                self.journal_frame = Some(Err(e));
             }
         }
         for update in index_updates {
@@ -1719,7 +1742,12 @@ mod tests {
         };
 
         let (msg, rx) = failing();
-        let committed = run_batch(&db, vec![msg], true, true, "<test>");
+        let committed = run_batch(
+            &db,
+            vec![msg],
+            BatchMode::without_journal(true, true),
+            "<test>",
+        );
         assert!(!committed.ok, "an all-failed batch was committed");
         committed.deliver();
         assert!(matches!(
@@ -1729,7 +1757,12 @@ mod tests {
 
         // The same batch with a flush request commits: earlier commits must become durable.
         let (msg, rx) = failing();
-        let committed = run_batch(&db, vec![msg, Msg::Wake], true, true, "<test>");
+        let committed = run_batch(
+            &db,
+            vec![msg, Msg::Wake],
+            BatchMode::without_journal(true, true),
+            "<test>",
+        );
         assert!(committed.ok, "the durable flush was skipped");
         committed.deliver();
         assert!(matches!(
