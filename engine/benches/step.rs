@@ -18,11 +18,28 @@ use serde_json::{Value, json};
 
 const STEPS: usize = 200;
 
-struct EchoHost;
+/// Echoes a small result, and notes when each call came: the time from one host call to
+/// the next is a step in steady state, without the run's start (its 190 KB scripted prompt
+/// is parsed once and journaled) and end.
+#[derive(Default)]
+struct EchoHost {
+    calls: std::sync::Mutex<Vec<Instant>>,
+}
+
+impl EchoHost {
+    /// Mean time between consecutive host calls since the last take, and forgets them.
+    fn take_step_time(&self) -> Option<Duration> {
+        let calls = std::mem::take(&mut *self.calls.lock().expect("calls"));
+        let (first, last) = (calls.first()?, calls.last()?);
+        let steps = u32::try_from(calls.len().checked_sub(1)?).ok()?;
+        last.duration_since(*first).checked_div(steps)
+    }
+}
 
 #[async_trait]
 impl Host for EchoHost {
     async fn call_tool(&self, call: HostToolCall) -> HostToolOutcome {
+        self.calls.lock().expect("calls").push(Instant::now());
         // A small result, so that a step journals about 1 KB (the arguments).
         HostToolOutcome {
             result: Ok(json!({"n": call.args["n"].clone()})),
@@ -40,7 +57,7 @@ impl Host for EchoHost {
     }
 }
 
-fn runtime(store: Store, handle: tokio::runtime::Handle) -> Runtime {
+fn runtime(store: Store, handle: tokio::runtime::Handle, host: Arc<EchoHost>) -> Runtime {
     let spec: RuntimeSpec = serde_json::from_value(json!({
         "tenant": {"resourceId": "bench", "version": "v1"},
         "agents": [{"name": "solo", "role": "specialist", "model": {"id": "claude-sonnet-4-6", "provider": null},
@@ -62,7 +79,7 @@ fn runtime(store: Store, handle: tokio::runtime::Handle) -> Runtime {
         predicates: BTreeSet::new(),
         interpreter: InterpreterChoice::Scripted,
         store,
-        host: Arc::new(EchoHost),
+        host,
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
         handle,
@@ -81,13 +98,27 @@ fn script() -> String {
     json!({"script": calls}).to_string()
 }
 
-async fn one_run(rt: &Runtime, prompt: &str) {
+/// Runs the script to its end; returns the mean time between the consumer's receipt of
+/// consecutive tool results (a step in steady state, as the consumer sees it).
+async fn one_run(rt: &Runtime, prompt: &str) -> Option<Duration> {
     let mut stream = rt
         .run_specialist("solo", prompt, Some("bench"), None)
         .expect("start");
+    let (mut first, mut last, mut results) = (None, None, 0u32);
     while let Some(event) = stream.next().await {
-        event.expect("event");
+        let text = event.expect("event");
+        let text = text.as_str();
+        if text.starts_with(r#"{"type":"tool-invocation""#) && text.contains(r#""state":"result""#)
+        {
+            let now = Instant::now();
+            first.get_or_insert(now);
+            last = Some(now);
+            results += 1;
+        }
     }
+    last?
+        .duration_since(first?)
+        .checked_div(results.checked_sub(1)?)
 }
 
 fn bench_dir() -> tempfile::TempDir {
@@ -114,7 +145,11 @@ fn steps(c: &mut Criterion) {
         });
     });
 
-    let rt = runtime(Store::in_memory().expect("store"), tokio.handle().clone());
+    let rt = runtime(
+        Store::in_memory().expect("store"),
+        tokio.handle().clone(),
+        Arc::default(),
+    );
     group.bench_function(format!("memory_run_of_{STEPS}_steps"), |b| {
         b.iter(|| tokio.block_on(one_run(&rt, &prompt)));
     });
@@ -128,14 +163,15 @@ fn steps(c: &mut Criterion) {
                 let prompt = prompt.clone();
                 tokio
                     .block_on(tokio.spawn(async move { one_run(&rt, &prompt).await }))
-                    .expect("consumer task");
+                    .expect("consumer task")
             });
         },
     );
 
     let dir = bench_dir();
     let store = Store::open(dir.path().join("bench.redb"), Default::default()).expect("store");
-    let rt = runtime(store, tokio.handle().clone());
+    let file_host = Arc::new(EchoHost::default());
+    let rt = runtime(store, tokio.handle().clone(), Arc::clone(&file_host));
     group.bench_function(format!("file_immediate_run_of_{STEPS}_steps"), |b| {
         b.iter(|| tokio.block_on(one_run(&rt, &prompt)));
     });
@@ -150,22 +186,49 @@ fn steps(c: &mut Criterion) {
         return;
     }
     if std::env::var_os("FLOWAI_BENCH_FILE_ONLY").is_none() {
-        let memory = runtime(Store::in_memory().expect("store"), tokio.handle().clone());
-        per_step("memory", 50, || tokio.block_on(one_run(&memory, &prompt)));
+        let host = Arc::new(EchoHost::default());
+        let memory = runtime(
+            Store::in_memory().expect("store"),
+            tokio.handle().clone(),
+            Arc::clone(&host),
+        );
+        per_step("memory", 50, &host, || {
+            tokio.block_on(one_run(&memory, &prompt))
+        });
     }
-    per_step("file_immediate", 10, || {
-        tokio.block_on(one_run(&rt, &prompt))
-    });
+    if std::env::var_os("FLOWAI_BENCH_MEMORY_ONLY").is_none() {
+        // The raw floor right before and after, on the same disk: the load moves a lot here.
+        let before = raw_floor(dir.path());
+        file_host.take_step_time();
+        let step = per_step("file_immediate", 10, &file_host, || {
+            tokio.block_on(one_run(&rt, &prompt))
+        });
+        let floor = (before + raw_floor(dir.path())) / 2;
+        println!(
+            "raw 1 KB append + fdatasync around it: {floor:?}; steady-state file step / raw = {:.2}",
+            step.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
 }
 
-/// Median over five rounds of `runs` runs: wall and process CPU time per step.
-fn per_step(label: &str, runs: u32, mut run: impl FnMut()) {
+/// Medians over five rounds of `runs` runs: wall and process CPU time per step over whole
+/// runs, and the steady-state step as the host sees it (host call to host call) and as the
+/// consumer does (tool result to tool result). Returns the consumer's.
+fn per_step(
+    label: &str,
+    runs: u32,
+    host: &EchoHost,
+    mut run: impl FnMut() -> Option<Duration>,
+) -> Duration {
     let mut walls = Vec::new();
     let mut cpus = Vec::new();
+    let mut at_host = Vec::new();
+    let mut at_consumer = Vec::new();
     for _ in 0..5 {
         let (wall, cpu) = (Instant::now(), process_cpu());
         for _ in 0..runs {
-            run();
+            at_consumer.extend(run());
+            at_host.extend(host.take_step_time());
         }
         let steps = runs * STEPS as u32;
         walls.push(wall.elapsed() / steps);
@@ -173,10 +236,36 @@ fn per_step(label: &str, runs: u32, mut run: impl FnMut()) {
     }
     walls.sort_unstable();
     cpus.sort_unstable();
+    let median = |mut v: Vec<Duration>| {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    let (host_step, step) = (median(at_host), median(at_consumer));
     println!(
-        "{label}: {:?} wall per step, {:?} process CPU per step (median of 5 rounds of {runs} runs)",
+        "{label}: whole runs {:?} wall per step, {:?} process CPU per step (median of 5 rounds \
+         of {runs} runs); steady state (median of the runs' means) {step:?} per step at the \
+         consumer, {host_step:?} at the host",
         walls[2], cpus[2]
     );
+    step
+}
+
+/// One raw 1 KB append + fdatasync in `dir`, the mean of 2,000 after 100 to warm up.
+fn raw_floor(dir: &std::path::Path) -> Duration {
+    let path = dir.join("raw-floor");
+    let mut file = std::fs::File::create(&path).expect("raw floor file");
+    let record = vec![7u8; 1024];
+    let mut append = || {
+        file.write_all(&record).expect("write");
+        file.sync_data().expect("fdatasync");
+    };
+    (0..100).for_each(|_| append());
+    let start = Instant::now();
+    (0..2000).for_each(|_| append());
+    let took = start.elapsed() / 2000;
+    drop(file);
+    std::fs::remove_file(&path).expect("remove raw floor file");
+    took
 }
 
 /// CPU time consumed so far by every thread of this process.
