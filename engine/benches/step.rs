@@ -24,12 +24,18 @@ const STEPS: usize = 200;
 #[derive(Default)]
 struct EchoHost {
     calls: std::sync::Mutex<Vec<Instant>>,
+    /// Every time between consecutive host calls of the runs taken so far.
+    gaps: std::sync::Mutex<Vec<Duration>>,
 }
 
 impl EchoHost {
     /// Mean time between consecutive host calls since the last take, and forgets them.
     fn take_step_time(&self) -> Option<Duration> {
         let calls = std::mem::take(&mut *self.calls.lock().expect("calls"));
+        self.gaps
+            .lock()
+            .expect("gaps")
+            .extend(calls.windows(2).map(|w| w[1].duration_since(w[0])));
         let (first, last) = (calls.first()?, calls.last()?);
         let steps = u32::try_from(calls.len().checked_sub(1)?).ok()?;
         last.duration_since(*first).checked_div(steps)
@@ -200,6 +206,7 @@ fn steps(c: &mut Criterion) {
         // The raw floor right before and after, on the same disk: the load moves a lot here.
         let before = raw_floor(dir.path());
         file_host.take_step_time();
+        file_host.gaps.lock().expect("gaps").clear();
         let step = per_step("file_immediate", 10, &file_host, || {
             tokio.block_on(one_run(&rt, &prompt))
         });
@@ -241,6 +248,21 @@ fn per_step(
         v.get(v.len() / 2).copied().unwrap_or_default()
     };
     let (host_step, step) = (median(at_host), median(at_consumer));
+    let mut gaps = std::mem::take(&mut *host.gaps.lock().expect("gaps"));
+    gaps.sort_unstable();
+    let at = |q: f64| {
+        gaps.get(((gaps.len() as f64 * q) as usize).min(gaps.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "{label}: host call to host call over {} steps: p50 {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
+        gaps.len(),
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        gaps.last().copied().unwrap_or_default()
+    );
     println!(
         "{label}: whole runs {:?} wall per step, {:?} process CPU per step (median of 5 rounds \
          of {runs} runs); steady state (median of the runs' means) {step:?} per step at the \

@@ -527,15 +527,18 @@ impl WalBackend {
                 log.capacity = grown;
             }
             start_generation(log)?;
+            // One write and one fdatasync for all of them: up to 63 frames, which one by
+            // one made a checkpoint's longest part.
+            let mut frames = Frames::after(log);
             for body in &state.journal {
-                let len = (FRAME_HEADER_LEN + body.len() + CHECKSUM_LEN) as u64;
-                if log.end + len > log.capacity {
-                    let grown = (log.end + len).next_power_of_two();
-                    extend_with_zeros(&log.file, log.capacity, grown)?;
-                    log.capacity = grown;
-                }
-                append_journal_frame(log, body, state.image.len)?;
+                frames.journal(body, state.image.len)?;
             }
+            if log.end + frames.len() > log.capacity {
+                let grown = (log.end + frames.len()).next_power_of_two();
+                extend_with_zeros(&log.file, log.capacity, grown)?;
+                log.capacity = grown;
+            }
+            frames.write(log)?;
         }
         Ok(())
     }
@@ -573,54 +576,108 @@ fn clip(index: u64, from: usize, to: usize, len: u64) -> Option<(usize, usize)> 
     (from < to).then_some((from, to))
 }
 
-fn append_frame(log: &mut Log, image: &Image, pending: &Pending, len: u64) -> io::Result<()> {
-    let mut frame = Vec::with_capacity(len as usize);
-    frame.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
-    frame.extend_from_slice(&0u32.to_le_bytes()); // body length, set by seal_and_write
-    frame.extend_from_slice(&log.next_frame.to_le_bytes());
-    frame.extend_from_slice(&pending.min_len.to_le_bytes());
-    frame.extend_from_slice(&image.len.to_le_bytes());
-    for (index, (from, to)) in &pending.ranges {
-        let Some((from, to)) = clip(*index, *from, *to, image.len) else {
-            continue;
-        };
-        let chunk = image.chunks.get(index).ok_or_else(|| {
-            io::Error::other(format!("changed chunk {index} missing from the image"))
-        })?;
-        frame.extend_from_slice(&(index * CHUNK + from as u64).to_le_bytes());
-        frame.extend_from_slice(&((to - from) as u32).to_le_bytes());
-        frame.extend_from_slice(&chunk[from..to]);
+/// Frames sealed one after another past a log's last frame, written with one write and
+/// one fdatasync ([`Frames::write`]).
+struct Frames {
+    salt: u64,
+    /// Checksum of the last frame sealed (or of the log's last frame).
+    prev: Checksum,
+    next_frame: u64,
+    bytes: Vec<u8>,
+}
+
+impl Frames {
+    fn after(log: &Log) -> Frames {
+        Frames {
+            salt: log.salt,
+            prev: log.prev,
+            next_frame: log.next_frame,
+            bytes: Vec::new(),
+        }
     }
-    seal_and_write(log, frame)
+
+    /// Starts a frame: magic, body length (set by [`Frames::seal`]), frame number.
+    fn begin(&mut self, magic: u32) -> usize {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&magic.to_le_bytes());
+        self.bytes.extend_from_slice(&0u32.to_le_bytes());
+        self.bytes.extend_from_slice(&self.next_frame.to_le_bytes());
+        start
+    }
+
+    /// Sets the body length of the frame begun at `start` and appends its chained checksum.
+    fn seal(&mut self, start: usize) -> io::Result<()> {
+        let body_len = self.bytes.len() - start - FRAME_HEADER_LEN;
+        let body_len = u32::try_from(body_len)
+            .map_err(|_| invalid(format!("frame body of {body_len} bytes")))?;
+        self.bytes[start + 4..start + 8].copy_from_slice(&body_len.to_le_bytes());
+        let sum = checksum(self.salt, &[&self.prev, &self.bytes[start..]]);
+        self.bytes.extend_from_slice(&sum);
+        self.prev = sum;
+        self.next_frame += 1;
+        Ok(())
+    }
+
+    /// A page frame of `len` bytes: the `pending` ranges of `image`.
+    fn page(&mut self, image: &Image, pending: &Pending, len: u64) -> io::Result<()> {
+        self.bytes.reserve(len as usize);
+        let start = self.begin(FRAME_MAGIC);
+        self.bytes.extend_from_slice(&pending.min_len.to_le_bytes());
+        self.bytes.extend_from_slice(&image.len.to_le_bytes());
+        for (index, (from, to)) in &pending.ranges {
+            let Some((from, to)) = clip(*index, *from, *to, image.len) else {
+                continue;
+            };
+            let chunk = image.chunks.get(index).ok_or_else(|| {
+                io::Error::other(format!("changed chunk {index} missing from the image"))
+            })?;
+            self.bytes
+                .extend_from_slice(&(index * CHUNK + from as u64).to_le_bytes());
+            self.bytes
+                .extend_from_slice(&((to - from) as u32).to_le_bytes());
+            self.bytes.extend_from_slice(&chunk[from..to]);
+        }
+        self.seal(start)
+    }
+
+    /// A journal frame with `body`; `len` is the file's length.
+    fn journal(&mut self, body: &[u8], len: u64) -> io::Result<()> {
+        let start = self.begin(JOURNAL_FRAME_MAGIC);
+        // The file's length, twice, as a page frame that changes nothing would say.
+        self.bytes.extend_from_slice(&len.to_le_bytes());
+        self.bytes.extend_from_slice(&len.to_le_bytes());
+        self.bytes.extend_from_slice(body);
+        self.seal(start)
+    }
+
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Writes the frames at the log's end and fdatasyncs; only then do they count.
+    fn write(self, log: &mut Log) -> io::Result<()> {
+        if self.bytes.is_empty() {
+            return Ok(());
+        }
+        log.file.write_all_at(&self.bytes, log.end)?;
+        log.file.sync_data()?;
+        log.prev = self.prev;
+        log.next_frame = self.next_frame;
+        log.end += self.len();
+        Ok(())
+    }
+}
+
+fn append_frame(log: &mut Log, image: &Image, pending: &Pending, len: u64) -> io::Result<()> {
+    let mut frames = Frames::after(log);
+    frames.page(image, pending, len)?;
+    frames.write(log)
 }
 
 fn append_journal_frame(log: &mut Log, body: &[u8], len: u64) -> io::Result<()> {
-    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + body.len() + CHECKSUM_LEN);
-    frame.extend_from_slice(&JOURNAL_FRAME_MAGIC.to_le_bytes());
-    frame.extend_from_slice(&0u32.to_le_bytes()); // body length, set by seal_and_write
-    frame.extend_from_slice(&log.next_frame.to_le_bytes());
-    // The file's length, twice, as a page frame that changes nothing would say.
-    frame.extend_from_slice(&len.to_le_bytes());
-    frame.extend_from_slice(&len.to_le_bytes());
-    frame.extend_from_slice(body);
-    seal_and_write(log, frame)
-}
-
-/// Sets the body length of a frame (header and body, in `frame`), appends its chained
-/// checksum, writes it at the log's end and fdatasyncs.
-fn seal_and_write(log: &mut Log, mut frame: Vec<u8>) -> io::Result<()> {
-    let body_len = frame.len() - FRAME_HEADER_LEN;
-    let body_len =
-        u32::try_from(body_len).map_err(|_| invalid(format!("frame body of {body_len} bytes")))?;
-    frame[4..8].copy_from_slice(&body_len.to_le_bytes());
-    let sum = checksum(log.salt, &[&log.prev, &frame]);
-    frame.extend_from_slice(&sum);
-    log.file.write_all_at(&frame, log.end)?;
-    log.file.sync_data()?;
-    log.prev = sum;
-    log.next_frame += 1;
-    log.end += frame.len() as u64;
-    Ok(())
+    let mut frames = Frames::after(log);
+    frames.journal(body, len)?;
+    frames.write(log)
 }
 
 /// Real zeros, not fallocate: writing into unwritten extents would make every frame's
