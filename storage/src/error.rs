@@ -44,7 +44,7 @@ pub enum StoreError {
 
     /// The file was not closed cleanly and a read-only open cannot repair it.
     #[error(
-        "store {path} was not closed cleanly and needs recovery; open it once with Store::open (as a writer) to repair it"
+        "store {path} was not closed cleanly (its writer stopped without closing it) and needs recovery, which a read-only open never does: open it once as a writer to repair it (`flowai gc {path}` does; so do open_store and create_runtime in Python)"
     )]
     NeedsRecovery { path: String },
 
