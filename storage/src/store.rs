@@ -184,6 +184,19 @@ fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     }
 }
 
+/// The error of opening the store at `path` over its write-ahead log.
+fn log_error(path: &Path, e: std::io::Error) -> StoreError {
+    if wal::is_foreign_log(&e) {
+        let log = wal::wal_path(path);
+        return StoreError::corrupt(
+            &path.display().to_string(),
+            format!("write-ahead log {}", log.display()),
+            e,
+        );
+    }
+    io_err(path, e)
+}
+
 fn remove_stale_log(path: &Path, found_absent_at: std::time::SystemTime) -> Result<(), StoreError> {
     let log = wal::wal_path(path);
     let modified = match std::fs::metadata(&log).and_then(|m| m.modified()) {
@@ -336,7 +349,7 @@ impl Store {
                 redb::ConcurrencyMode::ExclusiveWriter,
                 wal::DEFAULT_LOG_SIZE,
             )
-            .map_err(|e| io_err(&canonical, e))?
+            .map_err(|e| log_error(&canonical, e))?
             .map_err(|e| locked_or_db(&label, e))?;
             let txn = db.begin_write().db(&label)?;
             if replay_journal_tail(&txn, Some(&wal), &label)? {
@@ -357,7 +370,7 @@ impl Store {
             } else {
                 // The default: commits go to the write-ahead log (see `wal`).
                 WalBackend::open_database(&canonical, mode, wal::DEFAULT_LOG_SIZE)
-                    .map_err(|e| io_err(&canonical, e))?
+                    .map_err(|e| log_error(&canonical, e))?
                     .map(|(db, wal)| (db, Some(wal)))
             };
             match opened {
@@ -412,10 +425,19 @@ impl Store {
                 WalBackend::open(&canonical, false, wal::DEFAULT_LOG_SIZE)
                     .map_err(redb::DatabaseError::from)?,
             );
-            redb::Builder::new()
+            let opened = redb::Builder::new()
                 .set_concurrency_mode(mode)
-                .open_read_only_with_backend(wal::SharedWal(Arc::clone(&backend)))
-                .map(|db| (db, backend))
+                .open_read_only_with_backend(wal::SharedWal(Arc::clone(&backend)));
+            // Reported only when no writer holds the file: a live writer may be in the
+            // middle of a checkpoint, and that is reported as locked.
+            if backend.is_foreign()
+                && !matches!(opened, Err(redb::DatabaseError::DatabaseAlreadyOpen))
+            {
+                return Err(redb::DatabaseError::Storage(redb::StorageError::Io(
+                    wal::foreign_log_error(),
+                )));
+            }
+            opened.map(|db| (db, backend))
         };
         // Try the exclusive-writer protocol first (no writer, or a file nobody holds); a
         // writer with shared_reads refuses it, and then the shared protocol is the one to use.
@@ -433,11 +455,21 @@ impl Store {
                     Err(redb::DatabaseError::RepairAborted) => {
                         return Err(StoreError::NeedsRecovery { path: label });
                     }
+                    Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                        if wal::is_foreign_log(&e) =>
+                    {
+                        return Err(log_error(&canonical, e));
+                    }
                     Err(e) => return Err(StoreError::db(&label, e)),
                 }
             }
             Err(redb::DatabaseError::RepairAborted) => {
                 return Err(StoreError::NeedsRecovery { path: label });
+            }
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if wal::is_foreign_log(&e) =>
+            {
+                return Err(log_error(&canonical, e));
             }
             Err(e) => return Err(StoreError::db(&label, e)),
         };

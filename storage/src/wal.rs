@@ -37,9 +37,19 @@ use redb::{BackendError, StorageBackend};
 const CHUNK: u64 = 4096;
 /// Log header: magic, version, salt, checksum. Frames start at [`FRAMES_START`].
 const WAL_MAGIC: &[u8; 8] = b"FLOWAIWL";
-/// Version 2 added journal frames; version 1 logs (page frames only) are still read.
-const WAL_VERSION: u32 = 2;
-const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 16;
+/// Version 2 added journal frames, version 3 the fingerprint of the store file the
+/// generation started over; logs of versions 1 and 2 are still read.
+const WAL_VERSION: u32 = 3;
+/// Header of versions 1 and 2: magic, version, 0, salt, checksum.
+const HEADER_LEN_V2: usize = 8 + 4 + 4 + 8 + 16;
+/// Header of version 3: magic, version, 0, salt, the store file's length and fingerprint
+/// when the generation started, checksum.
+const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8 + 16 + 16;
+/// Written after the header (and fdatasynced) before a checkpoint first touches the store
+/// file: magic, the generation's salt, checksum. From then on the store file may differ
+/// from the header's fingerprint.
+const CHECKPOINT_MARK_MAGIC: u32 = 0x464c_5743;
+const CHECKPOINT_MARK_LEN: usize = 4 + 8 + 16;
 const FRAMES_START: u64 = 4096;
 const FRAME_MAGIC: u32 = 0x464c_5746;
 /// A journal frame: appends the store acknowledged after a non-durable redb commit (see
@@ -267,6 +277,9 @@ pub(crate) struct WalBackend {
     size: LogSize,
     /// Set once redb's open succeeded: this backend holds redb's write lock.
     owned: Arc<AtomicBool>,
+    /// The log next to the store file does not belong to it ([`belongs_to`]): it was not
+    /// replayed, and this backend neither writes nor removes anything.
+    foreign: bool,
     state: RwLock<State>,
 }
 
@@ -293,7 +306,13 @@ impl WalBackend {
             len: base_len,
         };
         let mut journal = Vec::new();
+        let mut foreign = false;
         let recovered = match std::fs::read(&wal_path) {
+            Ok(bytes) if !belongs_to(&bytes, &main)? => {
+                // Nothing is replayed, and nothing may write: the log stays as it is.
+                foreign = true;
+                None
+            }
             Ok(bytes) => replay(&bytes, &mut image, &main, &mut journal)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
@@ -322,6 +341,7 @@ impl WalBackend {
             writable,
             size,
             owned: Arc::new(AtomicBool::new(false)),
+            foreign,
             state: RwLock::new(State {
                 image,
                 pending: Pending {
@@ -347,6 +367,11 @@ impl WalBackend {
         let opened = redb::Builder::new()
             .set_concurrency_mode(mode)
             .create_with_backend(SharedWal(Arc::clone(&backend)));
+        // Only once redb's lock is ours does the log say anything: a live writer of
+        // another process may be checkpointing it, and that one is reported as locked.
+        if backend.foreign && !matches!(opened, Err(redb::DatabaseError::DatabaseAlreadyOpen)) {
+            return Err(foreign_log_error());
+        }
         if opened.is_ok() {
             backend.owned.store(true, Ordering::Release);
         }
@@ -402,7 +427,16 @@ impl WalBackend {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the log next to the store file was left alone because it does not belong
+    /// to it ([`ForeignLog`]).
+    pub(crate) fn is_foreign(&self) -> bool {
+        self.foreign
+    }
+
     fn write_state(&self) -> io::Result<RwLockWriteGuard<'_, State>> {
+        if self.foreign {
+            return Err(foreign_log_error());
+        }
         if !self.writable {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -439,7 +473,7 @@ impl WalBackend {
             next_frame: 0,
             end: FRAMES_START,
         };
-        start_generation(&mut log)?;
+        start_generation(&mut log, fingerprint(&self.main)?)?;
         if have < capacity {
             // The log's directory entry must outlive a crash, or so would not its frames.
             sync_parent_dir(&self.wal_path)?;
@@ -479,6 +513,11 @@ impl WalBackend {
     /// generation, after which the old frames no longer count. `chunk_limit` stops after
     /// that many chunk writes, as a crash would (tests only pass less than `usize::MAX`).
     fn checkpoint(&self, state: &mut State, chunk_limit: usize) -> io::Result<()> {
+        if let Some(log) = state.log.as_mut()
+            && log.version >= 3
+        {
+            mark_checkpoint(log)?;
+        }
         let image = &mut state.image;
         let file_len = self.main.len()?;
         if file_len > image.base_len {
@@ -526,7 +565,7 @@ impl WalBackend {
                 extend_with_zeros(&log.file, log.capacity, grown)?;
                 log.capacity = grown;
             }
-            start_generation(log)?;
+            start_generation(log, fingerprint(&self.main)?)?;
             // One write and one fdatasync for all of them: up to 63 frames, which one by
             // one made a checkpoint's longest part.
             let mut frames = Frames::after(log);
@@ -693,14 +732,29 @@ fn extend_with_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// A new salt in the log header, made durable: every frame before it stops counting.
-fn start_generation(log: &mut Log) -> io::Result<()> {
+/// The store file's length and a checksum of its first page: what a generation's frames
+/// were written over. redb rewrites that page (its commit slots) at every commit, so
+/// another store file, or another state of the same one (a backup put back), differs.
+type Fingerprint = (u64, Checksum);
+
+fn fingerprint(main: &FileBackend) -> io::Result<Fingerprint> {
+    let len = main.len()?;
+    let mut first = vec![0u8; len.min(CHUNK) as usize];
+    main.read(0, &mut first)?;
+    Ok((len, checksum(len, &[&first])))
+}
+
+/// A new salt in the log header, with the fingerprint of the store file the generation
+/// starts over, made durable: every frame before it stops counting.
+fn start_generation(log: &mut Log, base: Fingerprint) -> io::Result<()> {
     let salt = new_salt(log.salt);
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(WAL_MAGIC);
     header.extend_from_slice(&WAL_VERSION.to_le_bytes());
     header.extend_from_slice(&0u32.to_le_bytes());
     header.extend_from_slice(&salt.to_le_bytes());
+    header.extend_from_slice(&base.0.to_le_bytes());
+    header.extend_from_slice(&base.1);
     let sum = checksum(0, &[&header]);
     header.extend_from_slice(&sum);
     log.file.write_all_at(&header, 0)?;
@@ -711,6 +765,30 @@ fn start_generation(log: &mut Log) -> io::Result<()> {
     log.next_frame = 0;
     log.end = FRAMES_START;
     Ok(())
+}
+
+/// Records, durably, that a checkpoint of the current generation is about to write the
+/// store file: after a crash the file may then hold part of the image, and no longer
+/// match the header's fingerprint.
+fn mark_checkpoint(log: &mut Log) -> io::Result<()> {
+    let mut mark = Vec::with_capacity(CHECKPOINT_MARK_LEN);
+    mark.extend_from_slice(&CHECKPOINT_MARK_MAGIC.to_le_bytes());
+    mark.extend_from_slice(&log.salt.to_le_bytes());
+    let sum = checksum(log.salt, &[&mark]);
+    mark.extend_from_slice(&sum);
+    log.file.write_all_at(&mark, HEADER_LEN as u64)?;
+    log.file.sync_data()
+}
+
+/// Whether `bytes` (a log) holds this generation's checkpoint mark.
+fn checkpoint_marked(bytes: &[u8], salt: u64) -> bool {
+    let Some(mark) = bytes.get(HEADER_LEN..HEADER_LEN + CHECKPOINT_MARK_LEN) else {
+        return false;
+    };
+    let body = &mark[..CHECKPOINT_MARK_LEN - CHECKSUM_LEN];
+    read_u32(body, 0) == CHECKPOINT_MARK_MAGIC
+        && read_u64(body, 4) == salt
+        && checksum(salt, &[body])[..] == mark[CHECKPOINT_MARK_LEN - CHECKSUM_LEN..]
 }
 
 /// Random, so that no bytes redb wrote (which include user data) can pass for a frame of
@@ -751,6 +829,46 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Whether the log's generation was written over the store file as it is now (or over an
+/// earlier state of it that a checkpoint of the generation was turning into this one).
+/// Logs without a fingerprint (versions 1 and 2, or no valid header) are taken as they are.
+fn belongs_to(bytes: &[u8], main: &FileBackend) -> io::Result<bool> {
+    if bytes.len() < HEADER_LEN
+        || &bytes[..8] != WAL_MAGIC
+        || read_u32(bytes, 8) < 3
+        || checksum(0, &[&bytes[..HEADER_LEN - CHECKSUM_LEN]])[..]
+            != bytes[HEADER_LEN - CHECKSUM_LEN..HEADER_LEN]
+    {
+        return Ok(true);
+    }
+    let salt = read_u64(bytes, 16);
+    if checkpoint_marked(bytes, salt) {
+        return Ok(true);
+    }
+    let mut base = [0u8; CHECKSUM_LEN];
+    base.copy_from_slice(&bytes[32..32 + CHECKSUM_LEN]);
+    Ok(fingerprint(main)? == (read_u64(bytes, 24), base))
+}
+
+/// Why a log that does not belong to its store file is left alone.
+const FOREIGN_LOG: &str = "it was written over another store file (or over another state of \
+    this one, such as a backup put back), and replaying it would corrupt the store: move the \
+    log away to open the store file as it is, or put back the store file it belongs to";
+
+/// The error of an open that found a log not belonging to its store file.
+#[derive(Debug, thiserror::Error)]
+#[error("{FOREIGN_LOG}")]
+pub(crate) struct ForeignLog;
+
+pub(crate) fn foreign_log_error() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, ForeignLog)
+}
+
+/// Whether `e` (from opening a store over its log) is [`ForeignLog`].
+pub(crate) fn is_foreign_log(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<ForeignLog>())
+}
+
 /// Replays the valid frames of a log onto `image`. Returns the generation to continue
 /// (salt, last checksum, next frame number, end), or `None` when the log holds none.
 fn replay(
@@ -759,22 +877,31 @@ fn replay(
     main: &FileBackend,
     journal: &mut Vec<Vec<u8>>,
 ) -> io::Result<Option<Recovered>> {
-    if bytes.len() < HEADER_LEN || &bytes[..8] != WAL_MAGIC {
+    if bytes.len() < 12 || &bytes[..8] != WAL_MAGIC {
         return Ok(None);
     }
-    let mut prev = [0u8; CHECKSUM_LEN];
-    prev.copy_from_slice(&bytes[HEADER_LEN - CHECKSUM_LEN..HEADER_LEN]);
-    if checksum(0, &[&bytes[..HEADER_LEN - CHECKSUM_LEN]]) != prev {
+    let sound = |len: usize| {
+        bytes.len() >= len
+            && checksum(0, &[&bytes[..len - CHECKSUM_LEN]])[..] == bytes[len - CHECKSUM_LEN..len]
+    };
+    let version = read_u32(bytes, 8);
+    let header_len = match version {
+        1 | 2 => HEADER_LEN_V2,
+        WAL_VERSION => HEADER_LEN,
+        _ if sound(HEADER_LEN_V2) || sound(HEADER_LEN) => {
+            return Err(invalid(format!(
+                "write-ahead log version {version} (this build reads version {WAL_VERSION})"
+            )));
+        }
+        _ => return Ok(None),
+    };
+    if !sound(header_len) {
         // A header torn while a new generation started: the store file already held
         // everything (the checkpoint synced it first).
         return Ok(None);
     }
-    let version = read_u32(bytes, 8);
-    if version != WAL_VERSION && version != 1 {
-        return Err(invalid(format!(
-            "write-ahead log version {version} (this build reads version {WAL_VERSION})"
-        )));
-    }
+    let mut prev = [0u8; CHECKSUM_LEN];
+    prev.copy_from_slice(&bytes[header_len - CHECKSUM_LEN..header_len]);
     let salt = read_u64(bytes, 16);
     let mut pos = FRAMES_START as usize;
     let mut number = 0u64;
@@ -874,7 +1001,7 @@ impl StorageBackend for WalBackend {
         // Only a writer holding redb's lock may touch the files: a failed open also closes,
         // and must leave a live writer's log alone. A writer that holds it folds in even a
         // log it only recovered (redb need not write when the replayed file is clean).
-        let holds_lock = state.wrote || self.owned.load(Ordering::Acquire);
+        let holds_lock = !self.foreign && (state.wrote || self.owned.load(Ordering::Acquire));
         let has_log = state.log.is_some();
         let mut result = Ok(());
         // Journal frames nobody committed yet must stay in the log for the next open.
@@ -1205,6 +1332,69 @@ mod tests {
         let mut expected = vec![2u8; 30_000];
         expected[..10].fill(3);
         let reopened = WalBackend::open(&path, false, SMALL).expect("reopen");
+        assert_eq!(contents(&reopened), expected);
+    }
+
+    /// A backup of the store file put back next to the log of a later state: the log is
+    /// neither replayed nor changed, and the backend writes nothing.
+    #[test]
+    fn a_log_over_another_state_of_the_store_file_is_left_alone() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = new_store_file(dir.path());
+        let backend = WalBackend::open(&path, true, SMALL).expect("open");
+        backend.write(0, &[1u8; 6000]).expect("write");
+        backend.sync_data().expect("sync");
+        backend
+            .checkpoint_partially(usize::MAX)
+            .expect("checkpoint");
+        let backup = std::fs::read(&path).expect("main");
+        backend.write(0, &[2u8; 6000]).expect("write");
+        backend.sync_data().expect("sync");
+        backend
+            .checkpoint_partially(usize::MAX)
+            .expect("checkpoint");
+        backend.write(100, &[3u8; 10]).expect("write");
+        backend.sync_data().expect("sync");
+        drop(backend); // the crash
+
+        std::fs::write(&path, &backup).expect("put the backup back");
+        let log_before = std::fs::read(wal_path(&path)).expect("log");
+        for writable in [false, true] {
+            let reopened = WalBackend::open(&path, writable, SMALL).expect("open");
+            assert!(reopened.is_foreign());
+            assert_eq!(contents(&reopened), vec![1u8; 6000], "the backup, as it is");
+            assert!(reopened.write(0, b"x").is_err());
+            assert!(reopened.sync_data().is_err());
+            reopened.owned.store(true, Ordering::Release);
+            reopened.close().expect("close");
+        }
+        assert_eq!(std::fs::read(&path).expect("main"), backup);
+        assert_eq!(std::fs::read(wal_path(&path)).expect("log"), log_before);
+    }
+
+    /// A crash in the middle of a checkpoint leaves the store file part old, part new: the
+    /// checkpoint's mark keeps that from passing for another file.
+    #[test]
+    fn a_store_file_a_checkpoint_was_writing_still_takes_its_log() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = new_store_file(dir.path());
+        let backend = WalBackend::open(&path, true, SMALL).expect("open");
+        backend.write(0, &[1u8; 3000]).expect("write");
+        backend.sync_data().expect("sync");
+        backend.write(20_000, &[2u8; 3000]).expect("write");
+        backend.sync_data().expect("sync");
+        assert!(backend.image_chunks() > 1);
+        assert!(
+            backend.checkpoint_partially(1).is_err(),
+            "stopped after one chunk"
+        );
+        drop(backend);
+        assert_eq!(std::fs::read(&path).expect("main")[..3000], [1u8; 3000]);
+        let reopened = WalBackend::open(&path, false, SMALL).expect("open");
+        assert!(!reopened.is_foreign());
+        let mut expected = vec![1u8; 23_000];
+        expected[3000..20_000].fill(0);
+        expected[20_000..].fill(2);
         assert_eq!(contents(&reopened), expected);
     }
 

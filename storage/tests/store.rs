@@ -1053,3 +1053,52 @@ fn shared_reads_lets_a_reader_process_in_but_no_second_writer() {
     let out = child("read", &path);
     assert!(out.contains("RECORDS 2"), "{out}");
 }
+
+/// A crashed store's log next to another store file (a backup put back, a file copied
+/// without its log): opening refuses to replay it, names it, and changes neither file.
+#[test]
+fn a_log_next_to_a_store_file_it_was_not_written_over_is_refused() {
+    let dir = tmp();
+    let crashed = dir.path().join("crashed.redb");
+    let run = RunId::generate();
+    let store = Store::open(&crashed, StoreOptions::default()).unwrap();
+    start_run(&store, run, "t", "th", RunStatus::Completed);
+    append(&store, run, 5).unwrap();
+    let leftover = std::fs::read(wal_of(&crashed)).unwrap();
+    store.close().unwrap();
+
+    let other = dir.path().join("other.redb");
+    let other_run = RunId::generate();
+    let store = Store::open(&other, StoreOptions::default()).unwrap();
+    start_run(&store, other_run, "t", "th", RunStatus::Completed);
+    store.close().unwrap();
+    std::fs::write(wal_of(&other), &leftover).unwrap();
+    let before = (
+        std::fs::read(&other).unwrap(),
+        std::fs::read(wal_of(&other)).unwrap(),
+    );
+
+    for result in [
+        Store::open(&other, StoreOptions::default()).map(drop),
+        Store::open_read_only(&other).map(drop),
+    ] {
+        let err = result.expect_err("a foreign log is refused");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("-wal"), "names the log: {text}");
+        assert!(
+            text.contains("written over another store file"),
+            "says why: {text}"
+        );
+    }
+    let after = (
+        std::fs::read(&other).unwrap(),
+        std::fs::read(wal_of(&other)).unwrap(),
+    );
+    assert!(before == after, "opening changed a file");
+
+    // Moved away, the store opens as it is.
+    std::fs::rename(wal_of(&other), dir.path().join("moved-wal")).unwrap();
+    let store = Store::open_read_only(&other).unwrap();
+    assert_eq!(store.last_seq(other_run).unwrap(), 1);
+}

@@ -238,6 +238,25 @@ def test_store_locked_by_another_process(flow: ModuleType, tmp_path: Path) -> No
     assert result.stdout.strip() == "opened", result.stderr
 
 
+def test_a_crashed_stores_log_next_to_another_store_file_is_refused(flow: ModuleType, tmp_path: Path) -> None:
+    # The log a crash would leave (it exists while the store is open), then a clean close.
+    crashed = tmp_path / "crashed.redb"
+    runtime = flow.runtime(str(crashed))
+    drain(runtime.run_specialist("helper", "hi"))
+    leftover = Path(f"{crashed}-wal").read_bytes()
+    runtime.close()
+    # Another store file, with that log put next to it.
+    other = tmp_path / "other.redb"
+    open_store(other).close()
+    Path(f"{other}-wal").write_bytes(leftover)
+    with pytest.raises(FlowAIError, match="written over another store file") as raised:
+        open_store(other)
+    assert f"{other.resolve()}-wal" in str(raised.value)
+    assert Path(f"{other}-wal").read_bytes() == leftover, "the log is left as it was"
+    Path(f"{other}-wal").rename(tmp_path / "moved-wal")
+    open_store(other).close()
+
+
 def test_store_locked_error_class(flow: ModuleType, tmp_path: Path) -> None:
     path = tmp_path / "held.redb"
     with subprocess.Popen(
