@@ -35,7 +35,7 @@ use redb::{BackendError, StorageBackend};
 
 /// Page-sized unit of the image (redb's page size).
 const CHUNK: u64 = 4096;
-/// Log header: magic, version, salt, checksum. Frames start at [`FRAMES_START`].
+/// Log header magic ([`HEADER_LEN`] has the layout). Frames start at [`FRAMES_START`].
 const WAL_MAGIC: &[u8; 8] = b"FLOWAIWL";
 /// Version 2 added journal frames, version 3 the fingerprint of the store file the
 /// generation started over; logs of versions 1 and 2 are still read.
@@ -308,12 +308,15 @@ impl WalBackend {
         let mut journal = Vec::new();
         let mut foreign = false;
         let recovered = match std::fs::read(&wal_path) {
-            Ok(bytes) if !belongs_to(&bytes, &main)? => {
-                // Nothing is replayed, and nothing may write: the log stays as it is.
-                foreign = true;
-                None
-            }
-            Ok(bytes) => replay(&bytes, &mut image, &main, &mut journal)?,
+            Ok(bytes) => match parse_header(&bytes)? {
+                Some(header) if !belongs_to(&bytes, &header, &main)? => {
+                    // Nothing is replayed, and nothing may write: the log stays as it is.
+                    foreign = true;
+                    None
+                }
+                Some(header) => Some(replay(&bytes, &header, &mut image, &main, &mut journal)?),
+                None => None,
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
@@ -829,25 +832,65 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// A log's header.
+struct Header {
+    version: u32,
+    salt: u64,
+    /// The header's checksum, which frame 0's chains from.
+    sum: Checksum,
+    /// The store file the generation started over (version 3 on).
+    base: Option<Fingerprint>,
+}
+
+/// The header at the start of a log; `None` when the log holds no generation: an empty
+/// file, or a header torn while a new generation started (the store file already held
+/// everything then: the checkpoint synced it first).
+fn parse_header(bytes: &[u8]) -> io::Result<Option<Header>> {
+    if bytes.len() < 12 || &bytes[..8] != WAL_MAGIC {
+        return Ok(None);
+    }
+    let sound = |len: usize| {
+        bytes.len() >= len
+            && checksum(0, &[&bytes[..len - CHECKSUM_LEN]])[..] == bytes[len - CHECKSUM_LEN..len]
+    };
+    let version = read_u32(bytes, 8);
+    let header_len = match version {
+        1 | 2 => HEADER_LEN_V2,
+        WAL_VERSION => HEADER_LEN,
+        _ if sound(HEADER_LEN_V2) || sound(HEADER_LEN) => {
+            return Err(invalid(format!(
+                "write-ahead log version {version} (this build reads version {WAL_VERSION})"
+            )));
+        }
+        _ => return Ok(None),
+    };
+    if !sound(header_len) {
+        return Ok(None);
+    }
+    let mut sum = [0u8; CHECKSUM_LEN];
+    sum.copy_from_slice(&bytes[header_len - CHECKSUM_LEN..header_len]);
+    let base = (version >= 3).then(|| {
+        let mut fingerprint = [0u8; CHECKSUM_LEN];
+        fingerprint.copy_from_slice(&bytes[32..32 + CHECKSUM_LEN]);
+        (read_u64(bytes, 24), fingerprint)
+    });
+    Ok(Some(Header {
+        version,
+        salt: read_u64(bytes, 16),
+        sum,
+        base,
+    }))
+}
+
 /// Whether the log's generation was written over the store file as it is now (or over an
 /// earlier state of it that a checkpoint of the generation was turning into this one).
-/// Logs without a fingerprint (versions 1 and 2, or no valid header) are taken as they are.
-fn belongs_to(bytes: &[u8], main: &FileBackend) -> io::Result<bool> {
-    if bytes.len() < HEADER_LEN
-        || &bytes[..8] != WAL_MAGIC
-        || read_u32(bytes, 8) < 3
-        || checksum(0, &[&bytes[..HEADER_LEN - CHECKSUM_LEN]])[..]
-            != bytes[HEADER_LEN - CHECKSUM_LEN..HEADER_LEN]
-    {
-        return Ok(true);
+/// Logs without a fingerprint (versions 1 and 2) are taken as they are.
+fn belongs_to(bytes: &[u8], header: &Header, main: &FileBackend) -> io::Result<bool> {
+    match header.base {
+        None => Ok(true),
+        Some(_) if checkpoint_marked(bytes, header.salt) => Ok(true),
+        Some(base) => Ok(fingerprint(main)? == base),
     }
-    let salt = read_u64(bytes, 16);
-    if checkpoint_marked(bytes, salt) {
-        return Ok(true);
-    }
-    let mut base = [0u8; CHECKSUM_LEN];
-    base.copy_from_slice(&bytes[32..32 + CHECKSUM_LEN]);
-    Ok(fingerprint(main)? == (read_u64(bytes, 24), base))
 }
 
 /// Why a log that does not belong to its store file is left alone.
@@ -869,40 +912,16 @@ pub(crate) fn is_foreign_log(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<ForeignLog>())
 }
 
-/// Replays the valid frames of a log onto `image`. Returns the generation to continue
-/// (salt, last checksum, next frame number, end), or `None` when the log holds none.
+/// Replays the valid frames of a log (whose header is `header`) onto `image`. Returns the
+/// generation to continue (version, salt, last checksum, next frame number, end).
 fn replay(
     bytes: &[u8],
+    header: &Header,
     image: &mut Image,
     main: &FileBackend,
     journal: &mut Vec<Vec<u8>>,
-) -> io::Result<Option<Recovered>> {
-    if bytes.len() < 12 || &bytes[..8] != WAL_MAGIC {
-        return Ok(None);
-    }
-    let sound = |len: usize| {
-        bytes.len() >= len
-            && checksum(0, &[&bytes[..len - CHECKSUM_LEN]])[..] == bytes[len - CHECKSUM_LEN..len]
-    };
-    let version = read_u32(bytes, 8);
-    let header_len = match version {
-        1 | 2 => HEADER_LEN_V2,
-        WAL_VERSION => HEADER_LEN,
-        _ if sound(HEADER_LEN_V2) || sound(HEADER_LEN) => {
-            return Err(invalid(format!(
-                "write-ahead log version {version} (this build reads version {WAL_VERSION})"
-            )));
-        }
-        _ => return Ok(None),
-    };
-    if !sound(header_len) {
-        // A header torn while a new generation started: the store file already held
-        // everything (the checkpoint synced it first).
-        return Ok(None);
-    }
-    let mut prev = [0u8; CHECKSUM_LEN];
-    prev.copy_from_slice(&bytes[header_len - CHECKSUM_LEN..header_len]);
-    let salt = read_u64(bytes, 16);
+) -> io::Result<Recovered> {
+    let (version, salt, mut prev) = (header.version, header.salt, header.sum);
     let mut pos = FRAMES_START as usize;
     let mut number = 0u64;
     while pos + FRAME_HEADER_LEN <= bytes.len() {
@@ -954,7 +973,7 @@ fn replay(
         number += 1;
         pos = end;
     }
-    Ok(Some((version, salt, prev, number, pos as u64)))
+    Ok((version, salt, prev, number, pos as u64))
 }
 
 impl StorageBackend for WalBackend {
@@ -1285,9 +1304,12 @@ mod tests {
         let bytes = std::fs::read(wal_path(path)).expect("log");
         let mut image = Image::default();
         let main = FileBackend::new(File::open(path).expect("main")).expect("backend");
-        replay(&bytes, &mut image, &main, &mut Vec::new())
-            .expect("replay")
-            .map_or(0, |(_, _, _, _, end)| end as usize)
+        let Some(header) = parse_header(&bytes).expect("header") else {
+            return 0;
+        };
+        let (_, _, _, _, end) =
+            replay(&bytes, &header, &mut image, &main, &mut Vec::new()).expect("replay");
+        end as usize
     }
 
     #[test]
