@@ -1,4 +1,6 @@
-//! Entering Python from native threads, and Rust futures as asyncio awaitables.
+//! Entering Python from native threads, and Rust futures as asyncio awaitables (settled
+//! on their loop's thread through a [`LoopWaker`], so that a tokio worker hands a result
+//! over without taking the GIL).
 //!
 //! A tokio worker that holds the GIL may have to give it up in the middle of a Python
 //! call (a socket write waking the event loop, a long handler); if the interpreter
@@ -10,8 +12,11 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use pyo3::BoundObject;
@@ -25,6 +30,7 @@ static INFLIGHT: Mutex<usize> = Mutex::new(0);
 static IDLE: Condvar = Condvar::new();
 static RESOLVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static WAKER_ATTR: PyOnceLock<Py<pyo3::types::PyString>> = PyOnceLock::new();
 
 /// How long interpreter exit waits for callbacks that are still running.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -178,6 +184,110 @@ impl AbortOnCancel {
     }
 }
 
+/// How a native future's outcome becomes a Python value, on the loop's thread.
+type Settle = Box<dyn FnOnce(Python<'_>) -> Settled + Send>;
+
+/// Settles asyncio futures of one event loop from native threads without taking the GIL
+/// there: an outcome is queued here, and a byte written to a socket pair whose other end
+/// the loop watches (`add_reader`) has the loop drain the queue on its own thread. A
+/// tokio worker thus never waits for the GIL (held by the loop or a handler) just to
+/// hand over an event, and the loop wakes once for however many outcomes queued.
+struct LoopWaker {
+    queue: Mutex<Vec<(Py<PyAny>, Settle)>>,
+    poke: UnixStream,
+    watched: UnixStream,
+}
+
+impl LoopWaker {
+    fn push(&self, future: Py<PyAny>, settle: Settle) {
+        let was_empty = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let was_empty = queue.is_empty();
+            queue.push((future, settle));
+            was_empty
+        };
+        if was_empty {
+            // A full socket buffer means a wake-up is pending already.
+            let _ = (&self.poke).write(&[1]);
+        }
+    }
+}
+
+/// The reader callback a loop runs when its [`LoopWaker`] is poked.
+#[pyclass(module = "flowai_harness._internal", frozen)]
+pub(crate) struct DrainLoopWaker {
+    waker: Arc<LoopWaker>,
+}
+
+#[pymethods]
+impl DrainLoopWaker {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        // Read the pokes first, then take the queue: an outcome queued in between leaves
+        // a byte behind, and costs one more (empty) drain at worst.
+        let mut bytes = [0u8; 64];
+        while matches!((&self.waker.watched).read(&mut bytes), Ok(n) if n > 0) {}
+        let queued =
+            std::mem::take(&mut *self.waker.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        let resolve = RESOLVE.import(py, "flowai_harness._stream", "resolve")?;
+        // Every queued future is settled even if one fails to be (the first failure is
+        // raised afterwards, to the loop's exception handler).
+        let mut failed = None;
+        for (future, settle) in queued {
+            let (ok, value) = match settle(py) {
+                Ok(value) => (true, value),
+                Err(error) => (false, error.into_value(py).into_any()),
+            };
+            if let Err(e) = resolve.call1((future.bind(py), ok, value)) {
+                failed.get_or_insert(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+/// The waker of `event_loop`, made and registered on first use; `None` for a loop that
+/// cannot watch a file descriptor or keep an attribute (then `call_soon_threadsafe`).
+fn loop_waker(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Arc<LoopWaker>>> {
+    let py = event_loop.py();
+    let attr = WAKER_ATTR.get_or_init(py, || {
+        pyo3::types::PyString::intern(py, "_flowai_waker").unbind()
+    });
+    if let Ok(existing) = event_loop.getattr(attr.bind(py)) {
+        return Ok(existing
+            .cast::<DrainLoopWaker>()
+            .ok()
+            .map(|drain| Arc::clone(&drain.get().waker)));
+    }
+    // `None` until the waker is registered, and for good if it cannot be. A loop that
+    // takes no attributes (uvloop's) is asked nothing more.
+    if event_loop.setattr(attr.bind(py), py.None()).is_err() {
+        return Ok(None);
+    }
+    let Ok((poke, watched)) = UnixStream::pair() else {
+        return Ok(None);
+    };
+    if poke.set_nonblocking(true).is_err() || watched.set_nonblocking(true).is_err() {
+        return Ok(None);
+    }
+    let fd = watched.as_raw_fd();
+    let waker = Arc::new(LoopWaker {
+        queue: Mutex::new(Vec::new()),
+        poke,
+        watched,
+    });
+    let drain = Bound::new(
+        py,
+        DrainLoopWaker {
+            waker: Arc::clone(&waker),
+        },
+    )?;
+    if event_loop.call_method1("add_reader", (fd, &drain)).is_err() {
+        return Ok(None);
+    }
+    event_loop.setattr(attr.bind(py), &drain)?;
+    Ok(Some(waker))
+}
+
 /// An asyncio future on the running loop that `fut` (run on the native runtime)
 /// resolves; cancelling the asyncio future drops `fut`. Raises `RuntimeError` without
 /// a running loop.
@@ -190,6 +300,7 @@ where
         .import(py, "asyncio", "get_running_loop")?
         .call0()?;
     let future = event_loop.call_method0("create_future")?;
+    let waker = loop_waker(&event_loop)?;
     let resolve = RESOLVE
         .import(py, "flowai_harness._stream", "resolve")?
         .clone()
@@ -197,14 +308,20 @@ where
     let (loop_ref, future_ref) = (event_loop.unbind(), future.clone().unbind());
     let task = convert::tokio_runtime().spawn(async move {
         let outcome = fut.await;
-        with_python(|py| {
-            let settled: Settled = outcome.and_then(|value| {
+        let settle = move |py: Python<'_>| -> Settled {
+            outcome.and_then(|value| {
                 value
                     .into_pyobject(py)
                     .map(|v| v.into_any().unbind())
                     .map_err(Into::into)
-            });
-            let (ok, value) = match settled {
+            })
+        };
+        if let Some(waker) = waker {
+            waker.push(future_ref, Box::new(settle));
+            return;
+        }
+        with_python(|py| {
+            let (ok, value) = match settle(py) {
                 Ok(value) => (true, value),
                 Err(error) => (false, error.into_value(py).into_any()),
             };

@@ -374,3 +374,54 @@ def test_closed_runtime_refuses_new_runs() -> None:
     runtime.close()
     with pytest.raises(FlowAIError, match="runtime is closed"):
         runtime.query("hello", "t1")
+
+
+def _script_of_echo_calls(n: int) -> str:
+    return json.dumps({"script": [{"tool": "echo", "args": {"text": str(i)}} for i in range(n)]})
+
+
+def test_a_loop_that_cannot_watch_a_descriptor_still_gets_every_event() -> None:
+    # Native results reach a loop through a descriptor it watches; a loop without
+    # add_reader gets them through call_soon_threadsafe instead.
+    class NoReaders(asyncio.SelectorEventLoop):
+        def add_reader(self, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError
+
+    calls: list[Any] = []
+
+    async def echo_async(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        calls.append(args)
+        return {"echo": args["text"]}
+
+    tool = define_tool("echo", {"text": str}, description="Echo the text.")(echo_async)
+    runtime = create_runtime(coordinator_spec((tool,)), interpreter="scripted")
+
+    async def collect() -> list[dict[str, Any]]:
+        return [event async for event in runtime.query(_script_of_echo_calls(20), "t1")]
+
+    loop = NoReaders()
+    try:
+        events = loop.run_until_complete(collect())
+    finally:
+        loop.close()
+    results = [e["result"] for e in events if e.get("state") == "result" and e.get("toolName") == "echo"]
+    assert results == [{"echo": str(i)} for i in range(20)]
+    assert len(calls) == 20
+    runtime.close()
+
+
+def test_event_loops_come_and_go_without_keeping_descriptors() -> None:
+    import gc
+    import os
+
+    calls: list[Any] = []
+    runtime = create_runtime(coordinator_spec((echo_tool(calls),)), interpreter="scripted")
+    drain(runtime.query(_script_of_echo_calls(2), "t1"))
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(30):
+        drain(runtime.query(_script_of_echo_calls(2), "t1"))
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
+    assert len(calls) == 62
+    runtime.close()
