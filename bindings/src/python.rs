@@ -300,12 +300,23 @@ where
         .import(py, "asyncio", "get_running_loop")?
         .call0()?;
     let future = event_loop.call_method0("create_future")?;
-    let waker = loop_waker(&event_loop)?;
-    let resolve = RESOLVE
-        .import(py, "flowai_harness._stream", "resolve")?
-        .clone()
-        .unbind();
-    let (loop_ref, future_ref) = (event_loop.unbind(), future.clone().unbind());
+    /// Where the outcome goes: the loop's waker, or (without one) the loop itself, with
+    /// the function that settles the future there.
+    enum Deliver {
+        Waker(Arc<LoopWaker>),
+        Threadsafe(Py<PyAny>, Py<PyAny>),
+    }
+    let deliver = match loop_waker(&event_loop)? {
+        Some(waker) => Deliver::Waker(waker),
+        None => Deliver::Threadsafe(
+            event_loop.unbind(),
+            RESOLVE
+                .import(py, "flowai_harness._stream", "resolve")?
+                .clone()
+                .unbind(),
+        ),
+    };
+    let future_ref = future.clone().unbind();
     let task = convert::tokio_runtime().spawn(async move {
         let outcome = fut.await;
         let settle = move |py: Python<'_>| -> Settled {
@@ -316,22 +327,23 @@ where
                     .map_err(Into::into)
             })
         };
-        if let Some(waker) = waker {
-            waker.push(future_ref, Box::new(settle));
-            return;
+        match deliver {
+            Deliver::Waker(waker) => waker.push(future_ref, Box::new(settle)),
+            Deliver::Threadsafe(loop_ref, resolve) => {
+                with_python(|py| {
+                    let (ok, value) = match settle(py) {
+                        Ok(value) => (true, value),
+                        Err(error) => (false, error.into_value(py).into_any()),
+                    };
+                    let scheduled = loop_ref.bind(py).call_method1(
+                        "call_soon_threadsafe",
+                        (resolve.bind(py), future_ref.bind(py), ok, value),
+                    );
+                    // A closed loop: nobody waits for this result any more.
+                    drop(scheduled);
+                });
+            }
         }
-        with_python(|py| {
-            let (ok, value) = match settle(py) {
-                Ok(value) => (true, value),
-                Err(error) => (false, error.into_value(py).into_any()),
-            };
-            let scheduled = loop_ref.bind(py).call_method1(
-                "call_soon_threadsafe",
-                (resolve.bind(py), future_ref.bind(py), ok, value),
-            );
-            // A closed loop: nobody waits for this result any more.
-            drop(scheduled);
-        });
     });
     future.call_method1(
         "add_done_callback",
