@@ -76,6 +76,37 @@ pub(crate) fn tokio_runtime() -> &'static tokio::runtime::Runtime {
     pyo3_async_runtimes::tokio::get_runtime()
 }
 
+/// Environment variable that sets how many tokio worker threads drive runs.
+pub(crate) const WORKER_THREADS_ENV: &str = "FLOWAI_WORKER_THREADS";
+
+/// Sets up the tokio runtime's worker threads, before anything uses it: one fewer than
+/// the cores (at least one), since the thread running the asyncio loop (the consumer,
+/// async handlers) keeps a core busy too. tokio's default, one per core, oversubscribes
+/// by that thread; on two cores its second worker was mostly woken for nothing (a worker
+/// that finds work wakes a sibling to look for more), which took an async handler's
+/// in-memory step from ≈ 70 to ≈ 130 µs (BENCHMARKS.md). `FLOWAI_WORKER_THREADS`
+/// overrides the count; a value that is not a positive integer fails the import.
+pub(crate) fn configure_tokio_runtime() -> PyResult<()> {
+    let workers = match std::env::var(WORKER_THREADS_ENV) {
+        // Set but empty reads as unset, as shells make it easy to write.
+        Ok(text) if !text.trim().is_empty() => match text.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "{WORKER_THREADS_ENV} must be a positive integer, got {text:?}"
+                )));
+            }
+        },
+        _ => std::thread::available_parallelism()
+            .map_or(1, |n| n.get().saturating_sub(1))
+            .max(1),
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(workers).enable_all();
+    pyo3_async_runtimes::tokio::init(builder);
+    Ok(())
+}
+
 /// Runs `fut` to completion on the native runtime with the GIL released; works from
 /// any thread, including a tokio worker running a synchronous tool handler.
 pub(crate) fn block_on<F, T>(py: Python<'_>, fut: F) -> PyResult<T>

@@ -43,6 +43,7 @@ fn cli_main(py: Python<'_>, args: Vec<String>) -> i32 {
 
 #[pymodule]
 fn _internal(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    convert::configure_tokio_runtime()?;
     m.add_function(wrap_pyfunction!(describe_toolkit_tools, m)?)?;
     m.add_function(wrap_pyfunction!(describe_role_default_tools, m)?)?;
     m.add_function(wrap_pyfunction!(store::open_store, m)?)?;

@@ -1,6 +1,7 @@
 //! Entering Python from native threads, and Rust futures as asyncio awaitables (settled
 //! on their loop's thread through a [`LoopWaker`], so that a tokio worker hands a result
-//! over without taking the GIL).
+//! over without taking the GIL; a future that only waits is even polled there, see
+//! [`polled_on_loop`]).
 //!
 //! A tokio worker that holds the GIL may have to give it up in the middle of a Python
 //! call (a socket write waking the event loop, a long handler); if the interpreter
@@ -15,8 +16,10 @@ use std::future::Future;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use pyo3::BoundObject;
@@ -187,23 +190,31 @@ impl AbortOnCancel {
 /// How a native future's outcome becomes a Python value, on the loop's thread.
 type Settle = Box<dyn FnOnce(Python<'_>) -> Settled + Send>;
 
+/// What a loop's [`LoopWaker`] has waiting for it.
+enum Queued {
+    /// An outcome for an asyncio future.
+    Settle(Py<PyAny>, Settle),
+    /// A [`LoopTask`] that was woken: poll it again.
+    Poll(Arc<LoopTask>),
+}
+
 /// Settles asyncio futures of one event loop from native threads without taking the GIL
 /// there: an outcome is queued here, and a byte written to a socket pair whose other end
 /// the loop watches (`add_reader`) has the loop drain the queue on its own thread. A
 /// tokio worker thus never waits for the GIL (held by the loop or a handler) just to
 /// hand over an event, and the loop wakes once for however many outcomes queued.
 struct LoopWaker {
-    queue: Mutex<Vec<(Py<PyAny>, Settle)>>,
+    queue: Mutex<Vec<Queued>>,
     poke: UnixStream,
     watched: UnixStream,
 }
 
 impl LoopWaker {
-    fn push(&self, future: Py<PyAny>, settle: Settle) {
+    fn push(&self, item: Queued) {
         let was_empty = {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             let was_empty = queue.is_empty();
-            queue.push((future, settle));
+            queue.push(item);
             was_empty
         };
         if was_empty {
@@ -232,8 +243,15 @@ impl DrainLoopWaker {
         // Every queued future is settled even if one fails to be (the first failure is
         // raised afterwards, to the loop's exception handler).
         let mut failed = None;
-        for (future, settle) in queued {
-            let (ok, value) = match settle(py) {
+        for item in queued {
+            let settled = match item {
+                Queued::Settle(future, settle) => Some((future, settle(py))),
+                Queued::Poll(task) => task.poll(py),
+            };
+            let Some((future, outcome)) = settled else {
+                continue;
+            };
+            let (ok, value) = match outcome {
                 Ok(value) => (true, value),
                 Err(error) => (false, error.into_value(py).into_any()),
             };
@@ -243,6 +261,149 @@ impl DrainLoopWaker {
         }
         failed.map_or(Ok(()), Err)
     }
+}
+
+/// A native future that is polled on its loop's thread, with the GIL, rather than run
+/// as a tokio task; its waker queues it on the loop's [`LoopWaker`]. For futures that
+/// only wait (a stream's next event): the thread that makes the event ready pokes the
+/// loop directly, where a tokio task would first have to be woken on a worker, only to
+/// poke the loop in turn, and waiting would wake a worker to start that task.
+struct LoopTask {
+    future: Mutex<Option<Pin<Box<dyn Future<Output = Settle> + Send>>>>,
+    /// The asyncio future to settle; set once the first poll found the future pending.
+    target: Mutex<Option<Py<PyAny>>>,
+    /// Queued on the loop's waker and not polled since (one queue entry is enough).
+    queued: AtomicBool,
+    waker: Arc<LoopWaker>,
+}
+
+impl LoopTask {
+    /// Polls the future (on the loop's thread); its asyncio future and outcome when it
+    /// completed. A task completed or cancelled before is left alone.
+    fn poll(self: Arc<Self>, py: Python<'_>) -> Option<(Py<PyAny>, Settled)> {
+        self.queued.store(false, Ordering::Release);
+        let mut slot = self.future.lock().unwrap_or_else(|p| p.into_inner());
+        let future = slot.as_mut()?;
+        let waker = Waker::from(Arc::clone(&self));
+        match future.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Pending => None,
+            Poll::Ready(settle) => {
+                *slot = None;
+                drop(slot);
+                let target = self
+                    .target
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()?;
+                Some((target, settle(py)))
+            }
+        }
+    }
+}
+
+impl Wake for LoopTask {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.waker.push(Queued::Poll(Arc::clone(self)));
+        }
+    }
+}
+
+/// Drops a [`LoopTask`]'s future when its asyncio future is cancelled.
+#[pyclass(module = "flowai_harness._internal", frozen)]
+struct DropOnCancel {
+    task: Arc<LoopTask>,
+}
+
+#[pymethods]
+impl DropOnCancel {
+    fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        if future.call_method0("cancelled")?.is_truthy()? {
+            let dropped = self
+                .task
+                .future
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            drop(dropped);
+        }
+        self.task
+            .target
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        Ok(())
+    }
+}
+
+/// Turns a future's outcome into the function that makes it a Python value.
+fn settle_later<T>(outcome: PyResult<T>) -> Settle
+where
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    Box::new(move |py: Python<'_>| -> Settled {
+        outcome.and_then(|value| {
+            value
+                .into_pyobject(py)
+                .map(|v| v.into_any().unbind())
+                .map_err(Into::into)
+        })
+    })
+}
+
+/// The running asyncio loop; `RuntimeError` without one.
+pub(crate) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    GET_RUNNING_LOOP
+        .import(py, "asyncio", "get_running_loop")?
+        .call0()
+}
+
+/// An awaitable of `fut`, polled on the thread of `event_loop`, the running loop (see
+/// [`LoopTask`]): a [`Ready`](crate::stream::Ready) one if the first poll completes it,
+/// else an asyncio future. `fut` must only wait (no blocking work): it is polled with
+/// the GIL held. Loops without a [`LoopWaker`] get [`awaitable`].
+pub(crate) fn polled_on_loop<'py, F, T>(
+    event_loop: &Bound<'py, PyAny>,
+    fut: F,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    let py = event_loop.py();
+    let Some(waker) = loop_waker(event_loop)? else {
+        return awaitable(py, fut);
+    };
+    let task = Arc::new(LoopTask {
+        future: Mutex::new(Some(Box::pin(async move { settle_later(fut.await) }))),
+        target: Mutex::new(None),
+        queued: AtomicBool::new(false),
+        waker,
+    });
+    let first = {
+        let mut slot = task.future.lock().unwrap_or_else(|p| p.into_inner());
+        let poll = match slot.as_mut() {
+            Some(future) => future
+                .as_mut()
+                .poll(&mut Context::from_waker(&Waker::from(Arc::clone(&task)))),
+            None => Poll::Pending,
+        };
+        if poll.is_ready() {
+            *slot = None;
+        }
+        poll
+    };
+    if let Poll::Ready(settle) = first {
+        return Ok(Bound::new(py, crate::stream::Ready::new(settle(py)))?.into_any());
+    }
+    let future = event_loop.call_method0("create_future")?;
+    *task.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(future.clone().unbind());
+    future.call_method1("add_done_callback", (DropOnCancel { task },))?;
+    Ok(future)
 }
 
 /// The waker of `event_loop`, made and registered on first use; `None` for a loop that
@@ -296,9 +457,7 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    let event_loop = GET_RUNNING_LOOP
-        .import(py, "asyncio", "get_running_loop")?
-        .call0()?;
+    let event_loop = running_loop(py)?;
     let future = event_loop.call_method0("create_future")?;
     /// Where the outcome goes: the loop's waker, or (without one) the loop itself, with
     /// the function that settles the future there.
@@ -318,17 +477,9 @@ where
     };
     let future_ref = future.clone().unbind();
     let task = convert::tokio_runtime().spawn(async move {
-        let outcome = fut.await;
-        let settle = move |py: Python<'_>| -> Settled {
-            outcome.and_then(|value| {
-                value
-                    .into_pyobject(py)
-                    .map(|v| v.into_any().unbind())
-                    .map_err(Into::into)
-            })
-        };
+        let settle = settle_later(fut.await);
         match deliver {
-            Deliver::Waker(waker) => waker.push(future_ref, Box::new(settle)),
+            Deliver::Waker(waker) => waker.push(Queued::Settle(future_ref, settle)),
             Deliver::Threadsafe(loop_ref, resolve) => {
                 with_python(|py| {
                     let (ok, value) = match settle(py) {

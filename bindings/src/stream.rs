@@ -16,7 +16,6 @@ use crate::host::PyHost;
 use crate::{convert, errors, python};
 
 static NEXT_EVENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// An awaitable whose result (or exception) is known already: awaiting it does not
 /// go through the event loop.
@@ -103,19 +102,18 @@ impl PyRuntimeEventStream {
 }
 
 impl PyRuntimeEventStream {
-    /// Makes the running loop the one this run's async callbacks use (API.md §2.4).
-    fn register_loop(&self, py: Python<'_>) -> PyResult<()> {
-        let running = GET_RUNNING_LOOP
-            .import(py, "asyncio", "get_running_loop")?
-            .call0()?;
+    /// Makes the running loop the one this run's async callbacks use (API.md §2.4), and
+    /// returns it.
+    fn register_loop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let running = python::running_loop(py)?;
         let mut last = self.last_loop.lock().unwrap_or_else(|p| p.into_inner());
         if last.as_ref().is_some_and(|l| l.bind(py).is(&running)) {
-            return Ok(());
+            return Ok(running);
         }
         let locals = TaskLocals::new(running.clone()).copy_context(py)?;
         self.host.set_loop(&self.run_id, locals);
-        *last = Some(running.unbind());
-        Ok(())
+        *last = Some(running.clone().unbind());
+        Ok(running)
     }
 
     fn anext<'py>(&self, py: Python<'py>, slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
@@ -123,7 +121,7 @@ impl PyRuntimeEventStream {
             let ready = Ready::new(Err(PyStopAsyncIteration::new_err(())));
             return Ok(Bound::new(py, ready)?.into_any());
         }
-        self.register_loop(py)?;
+        let running = self.register_loop(py)?;
         // Fast path: an event is buffered already; no thread hop, no loop round trip.
         let buffered = match self.inner.try_lock() {
             Ok(mut stream) => stream.try_next_buffered(),
@@ -133,20 +131,23 @@ impl PyRuntimeEventStream {
             let outcome = self.deliver(py, event.as_str());
             return Ok(Bound::new(py, Ready::new(outcome))?.into_any());
         }
-        let pending = self.wait_next(py)?;
+        let pending = self.wait_next(&running)?;
         NEXT_EVENT
             .import(py, "flowai_harness._stream", "next_event")?
             .call1((pending, self.hooks.bind(py), slf))
     }
 
-    /// Waits (off the loop) for the next event, or for async calls handed over meanwhile.
-    fn wait_next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// Waits for the next event, or for async calls handed over meanwhile. The wait is
+    /// polled on `running`'s thread: the thread that makes an event ready (or hands a call
+    /// over) pokes the loop itself, and the consumer counts as waiting for handed calls
+    /// from this call on, not from whenever a worker would have started a waiting task.
+    fn wait_next<'py>(&self, running: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let inner = Arc::clone(&self.inner);
         let finished = Arc::clone(&self.finished);
         let host = Arc::clone(&self.host);
         let handoff = Arc::clone(&self.handoff);
         let run_id = self.run_id.clone();
-        python::awaitable(py, async move {
+        python::polled_on_loop(running, async move {
             let next = {
                 let mut stream = inner.lock().await;
                 handoff.next(&mut stream).await
@@ -203,7 +204,7 @@ impl PyRuntimeEventStream {
     /// An awaitable of the next event's JSON text, or of async calls handed to this
     /// consumer meanwhile (`_stream.next_event` starts them and waits again).
     fn _wait_next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.wait_next(py)
+        self.wait_next(&python::running_loop(py)?)
     }
 
     /// Cancels the run durably; works before or after it started.

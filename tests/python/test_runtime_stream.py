@@ -426,3 +426,72 @@ def test_event_loops_come_and_go_without_keeping_descriptors() -> None:
     assert len(os.listdir("/proc/self/fd")) <= before + 2
     assert len(calls) == 62
     runtime.close()
+
+
+def test_a_cancelled_wait_for_the_next_event_loses_nothing() -> None:
+    # The consumer gives up on one `__anext__` while a handler is still running (as
+    # `asyncio.wait_for` does on a timeout); iterating again yields every event.
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_echo(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        if args["text"] == "1":
+            started.set()
+            await release.wait()
+        return {"echo": args["text"]}
+
+    tool = define_tool("echo", {"text": str}, description="Echo the text.")(slow_echo)
+    runtime = create_runtime(coordinator_spec((tool,)), interpreter="scripted")
+
+    async def consume() -> tuple[list[dict[str, Any]], bool]:
+        stream = runtime.query(_script_of_echo_calls(3), "t1")
+        events: list[dict[str, Any]] = []
+        handler_started = asyncio.ensure_future(started.wait())
+        while True:
+            pending = asyncio.ensure_future(stream.__anext__())
+            await asyncio.wait({pending, handler_started}, return_when=asyncio.FIRST_COMPLETED)
+            if handler_started.done():
+                for _ in range(20):  # let the wait reach the native side
+                    await asyncio.sleep(0)
+                if not pending.done():
+                    break
+            events.append(await pending)
+        waited = not pending.done()
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        release.set()
+        events.extend([event async for event in stream])
+        return events, waited
+
+    events, waited = asyncio.run(consume())
+    assert waited
+    results = [e["result"] for e in events if e.get("state") == "result" and e.get("toolName") == "echo"]
+    assert results == [{"echo": "0"}, {"echo": "1"}, {"echo": "2"}]
+    assert events[-1]["type"] == "tool-agent" and events[-1].get("state") == "result"
+    runtime.close()
+
+
+def test_worker_threads_come_from_the_environment() -> None:
+    import os
+    import subprocess
+    import sys
+
+    program = "import flowai_harness"
+    bad = subprocess.run(
+        [sys.executable, "-c", program],
+        env={**os.environ, "FLOWAI_WORKER_THREADS": "none"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode != 0
+    assert 'FLOWAI_WORKER_THREADS must be a positive integer, got "none"' in bad.stderr
+    good = subprocess.run(
+        [sys.executable, "-c", program + "; print('ok')"],
+        env={**os.environ, "FLOWAI_WORKER_THREADS": "3"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert good.stdout.strip() == "ok", good.stderr
