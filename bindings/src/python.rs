@@ -313,6 +313,16 @@ impl Wake for LoopTask {
     }
 }
 
+impl LoopTask {
+    /// Drops the future (ending its wait: locks and guards it holds are released) and
+    /// forgets the asyncio future, which is left as it is.
+    fn abandon(&self) {
+        let dropped = self.future.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(dropped);
+        self.target.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
 /// Drops a [`LoopTask`]'s future when its asyncio future is cancelled.
 #[pyclass(module = "flowai_harness._internal", frozen)]
 struct DropOnCancel {
@@ -323,20 +333,27 @@ struct DropOnCancel {
 impl DropOnCancel {
     fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
         if future.call_method0("cancelled")?.is_truthy()? {
-            let dropped = self
-                .task
-                .future
+            self.task.abandon();
+        } else {
+            self.task
+                .target
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
-            drop(dropped);
         }
-        self.task
-            .target
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
         Ok(())
+    }
+}
+
+/// A wait made by [`polled_on_loop`] that is still pending on its loop.
+pub(crate) struct LoopWait(Arc<LoopTask>);
+
+impl LoopWait {
+    /// Ends the wait without settling its asyncio future: for a wait whose loop stopped
+    /// running with it pending (a `KeyboardInterrupt` in `run_until_complete`), which
+    /// nothing would ever poll again while it keeps what it waits on.
+    pub(crate) fn abandon(&self) {
+        self.0.abandon();
     }
 }
 
@@ -365,18 +382,19 @@ pub(crate) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 /// An awaitable of `fut`, polled on the thread of `event_loop`, the running loop (see
 /// [`LoopTask`]): a [`Ready`](crate::stream::Ready) one if the first poll completes it,
 /// else an asyncio future. `fut` must only wait (no blocking work): it is polled with
-/// the GIL held. Loops without a [`LoopWaker`] get [`awaitable`].
+/// the GIL held. Loops without a [`LoopWaker`] get [`awaitable`]. A [`LoopWait`] comes
+/// with the asyncio future of a wait this loop polls.
 pub(crate) fn polled_on_loop<'py, F, T>(
     event_loop: &Bound<'py, PyAny>,
     fut: F,
-) -> PyResult<Bound<'py, PyAny>>
+) -> PyResult<(Bound<'py, PyAny>, Option<LoopWait>)>
 where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
     let py = event_loop.py();
     let Some(waker) = loop_waker(event_loop)? else {
-        return awaitable(py, fut);
+        return Ok((awaitable(py, fut)?, None));
     };
     let task = Arc::new(LoopTask {
         future: Mutex::new(Some(Box::pin(async move { settle_later(fut.await) }))),
@@ -398,12 +416,14 @@ where
         poll
     };
     if let Poll::Ready(settle) = first {
-        return Ok(Bound::new(py, crate::stream::Ready::new(settle(py)))?.into_any());
+        let ready = Bound::new(py, crate::stream::Ready::new(settle(py)))?.into_any();
+        return Ok((ready, None));
     }
     let future = event_loop.call_method0("create_future")?;
     *task.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(future.clone().unbind());
+    let wait = LoopWait(Arc::clone(&task));
     future.call_method1("add_done_callback", (DropOnCancel { task },))?;
-    Ok(future)
+    Ok((future, Some(wait)))
 }
 
 /// The waker of `event_loop`, made and registered on first use; `None` for a loop that

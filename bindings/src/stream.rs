@@ -73,6 +73,8 @@ pub(crate) struct PyRuntimeEventStream {
     finished: Arc<AtomicBool>,
     /// The loop the last `__anext__` ran on.
     last_loop: Mutex<Option<Py<PyAny>>>,
+    /// The last wait for the next event polled on `last_loop` (done or not).
+    last_wait: Mutex<Option<python::LoopWait>>,
     /// The `PyRuntime` this stream belongs to, kept alive while the stream is.
     _owner: Py<PyAny>,
 }
@@ -96,6 +98,7 @@ impl PyRuntimeEventStream {
             runtime,
             finished: Arc::new(AtomicBool::new(false)),
             last_loop: Mutex::new(None),
+            last_wait: Mutex::new(None),
             _owner: owner,
         }
     }
@@ -109,6 +112,17 @@ impl PyRuntimeEventStream {
         let mut last = self.last_loop.lock().unwrap_or_else(|p| p.into_inner());
         if last.as_ref().is_some_and(|l| l.bind(py).is(&running)) {
             return Ok(running);
+        }
+        // A wait still pending on the previous loop will not be polled again: that loop
+        // stopped with it pending. It holds the stream; end it, so that this loop reads on
+        // from the first event it did not take.
+        if let Some(stale) = self
+            .last_wait
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            stale.abandon();
         }
         let locals = TaskLocals::new(running.clone()).copy_context(py)?;
         self.host.set_loop(&self.run_id, locals);
@@ -147,7 +161,7 @@ impl PyRuntimeEventStream {
         let host = Arc::clone(&self.host);
         let handoff = Arc::clone(&self.handoff);
         let run_id = self.run_id.clone();
-        python::polled_on_loop(running, async move {
+        let (awaitable, wait) = python::polled_on_loop(running, async move {
             let next = {
                 let mut stream = inner.lock().await;
                 handoff.next(&mut stream).await
@@ -170,7 +184,11 @@ impl PyRuntimeEventStream {
                 };
             }
             Ok(Delivery::Handed(Handed::new(host, next.calls, event)))
-        })
+        })?;
+        if wait.is_some() {
+            *self.last_wait.lock().unwrap_or_else(|p| p.into_inner()) = wait;
+        }
+        Ok(awaitable)
     }
 
     /// The event as a dict, after the hooks have seen it (in order; an exception propagates).

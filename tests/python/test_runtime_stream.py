@@ -495,3 +495,50 @@ def test_worker_threads_come_from_the_environment() -> None:
         check=False,
     )
     assert good.stdout.strip() == "ok", good.stderr
+
+
+def test_a_loop_stopped_in_the_middle_of_a_wait_loses_no_event() -> None:
+    # As after a KeyboardInterrupt inside `run_until_complete`: one loop stops while its
+    # `__anext__` waits (not cancelled); the next loop iterates on from the first event
+    # the stopped one did not take.
+    import threading
+
+    release = threading.Event()
+
+    @define_tool("echo", {"text": str}, description="Echo the text.")
+    def blocking_echo(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        if args["text"] == "1":
+            release.wait(timeout=30)
+        return {"echo": args["text"]}
+
+    runtime = create_runtime(coordinator_spec((blocking_echo,)), interpreter="scripted")
+    stream = runtime.query(_script_of_echo_calls(3), "t1")
+
+    async def next_event() -> dict[str, Any]:
+        return await stream.__anext__()
+
+    first_loop = asyncio.new_event_loop()
+    events: list[dict[str, Any]] = []
+    stuck = first_loop.create_task(asyncio.sleep(0))
+    try:
+        while not (events and events[-1].get("state") == "call" and events[-1].get("args") == {"text": "1"}):
+            events.append(first_loop.run_until_complete(next_event()))
+        stuck = first_loop.create_task(next_event())
+        for _ in range(20):  # the wait reaches the native side and stays there
+            first_loop.run_until_complete(asyncio.sleep(0))
+        assert not stuck.done()
+        release.set()
+
+        async def rest() -> list[dict[str, Any]]:
+            return [event async for event in stream]
+
+        events.extend(asyncio.run(rest()))
+    finally:
+        release.set()
+        stuck.cancel()
+        first_loop.run_until_complete(asyncio.gather(stuck, return_exceptions=True))
+        first_loop.close()
+    results = [e["result"] for e in events if e.get("state") == "result" and e.get("toolName") == "echo"]
+    assert results == [{"echo": "0"}, {"echo": "1"}, {"echo": "2"}]
+    assert events[-1]["type"] == "tool-agent" and events[-1].get("state") == "result"
+    runtime.close()
