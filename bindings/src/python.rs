@@ -345,15 +345,18 @@ impl DropOnCancel {
     }
 }
 
-/// A wait made by [`polled_on_loop`] that is still pending on its loop.
-pub(crate) struct LoopWait(Arc<LoopTask>);
+/// A wait made by [`polled_on_loop`], pending when it was made (held weakly: a wait
+/// that ended is dropped).
+pub(crate) struct LoopWait(std::sync::Weak<LoopTask>);
 
 impl LoopWait {
     /// Ends the wait without settling its asyncio future: for a wait whose loop stopped
     /// running with it pending (a `KeyboardInterrupt` in `run_until_complete`), which
     /// nothing would ever poll again while it keeps what it waits on.
     pub(crate) fn abandon(&self) {
-        self.0.abandon();
+        if let Some(task) = self.0.upgrade() {
+            task.abandon();
+        }
     }
 }
 
@@ -419,11 +422,24 @@ where
         let ready = Bound::new(py, crate::stream::Ready::new(settle(py)))?.into_any();
         return Ok((ready, None));
     }
-    let future = event_loop.call_method0("create_future")?;
-    *task.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(future.clone().unbind());
-    let wait = LoopWait(Arc::clone(&task));
-    future.call_method1("add_done_callback", (DropOnCancel { task },))?;
-    Ok((future, Some(wait)))
+    // Past this point a failure must end the wait too: left registered, it could take an
+    // event for a future nobody awaits.
+    let pending = || -> PyResult<Bound<'py, PyAny>> {
+        let future = event_loop.call_method0("create_future")?;
+        *task.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(future.clone().unbind());
+        let cancel = DropOnCancel {
+            task: Arc::clone(&task),
+        };
+        future.call_method1("add_done_callback", (cancel,))?;
+        Ok(future)
+    };
+    match pending() {
+        Ok(future) => Ok((future, Some(LoopWait(Arc::downgrade(&task))))),
+        Err(e) => {
+            task.abandon();
+            Err(e)
+        }
+    }
 }
 
 /// The waker of `event_loop`, made and registered on first use; `None` for a loop that
