@@ -25,6 +25,7 @@ use crate::host::PyHost;
 use crate::{convert, errors};
 
 static ENSURE_FUTURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static RUN_HANDLER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// A tool call waiting for the loop to start its async handler.
 pub(crate) struct AsyncCall {
@@ -178,28 +179,34 @@ fn start_call(py: Python<'_>, host: &PyHost, call: AsyncCall) {
     };
     let text = |e: PyErr| convert::exception_text(py, &e);
     match convert::is_awaitable(&value) {
-        Ok(true) => match schedule(py, host, &call.ctx.run_id, &value) {
-            Ok(task) => {
-                let finish = match Bound::new(py, Finish::new(reply)) {
-                    Ok(finish) => finish,
-                    // The reply is dropped with it: the host reports the call as lost.
-                    Err(_) => {
-                        let _ = task.call_method0("cancel");
-                        return;
-                    }
-                };
-                if let Err(e) = task.call_method1("add_done_callback", (&finish,)) {
-                    let _ = task.call_method0("cancel");
-                    if let Some(reply) = finish.get().take_reply() {
-                        let _ = reply.send(Err(text(e)));
-                    }
+        Ok(true) => {
+            // The handler runs inside `_stream.run_handler`, which gives its outcome to
+            // `finish` as it returns: a done-callback would take one more turn of the loop.
+            let finish = match Bound::new(py, Finish::new(reply)) {
+                Ok(finish) => finish,
+                // The reply is dropped with it: the host reports the call as lost.
+                Err(_) => {
+                    crate::host::close_unawaited(&value);
+                    return;
                 }
-            }
-            Err(why) => {
+            };
+            let wrapped = RUN_HANDLER
+                .import(py, "flowai_harness._stream", "run_handler")
+                .and_then(|run| run.call1((&value, &finish)));
+            let wrapped = match wrapped {
+                Ok(wrapped) => wrapped,
+                Err(e) => {
+                    crate::host::close_unawaited(&value);
+                    finish.get().send(Err(text(e)));
+                    return;
+                }
+            };
+            if let Err(why) = schedule(py, host, &call.ctx.run_id, &wrapped) {
+                crate::host::close_unawaited(&wrapped);
                 crate::host::close_unawaited(&value);
-                let _ = reply.send(Err(why));
+                finish.get().send(Err(why));
             }
-        },
+        }
         Ok(false) => {
             let _ = reply.send(convert::to_json(&value).map_err(text));
         }
@@ -229,7 +236,8 @@ fn schedule<'py>(
         .map_err(text)
 }
 
-/// The done-callback of a handler's task: its result (or exception text) to the host.
+/// Where `_stream.run_handler` gives a handler's outcome: its result (or exception text)
+/// to the host, once.
 #[pyclass(module = "flowai_harness._internal", frozen)]
 pub(crate) struct Finish {
     reply: Mutex<Option<oneshot::Sender<Result<Value, String>>>>,
@@ -242,22 +250,28 @@ impl Finish {
         }
     }
 
-    fn take_reply(&self) -> Option<oneshot::Sender<Result<Value, String>>> {
-        self.reply.lock().unwrap_or_else(|p| p.into_inner()).take()
+    fn send(&self, outcome: Result<Value, String>) {
+        if let Some(reply) = self.reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = reply.send(outcome);
+        }
     }
 }
 
 #[pymethods]
 impl Finish {
-    fn __call__(&self, task: &Bound<'_, PyAny>) {
-        let py = task.py();
-        let outcome = match task.call_method0("result") {
-            Ok(value) => convert::to_json(&value).map_err(|e| convert::exception_text(py, &e)),
-            Err(e) => Err(convert::exception_text(py, &e)),
-        };
-        if let Some(reply) = self.take_reply() {
-            let _ = reply.send(outcome);
-        }
+    /// The handler returned `value`.
+    fn succeed(&self, value: &Bound<'_, PyAny>) {
+        let py = value.py();
+        self.send(convert::to_json(value).map_err(|e| convert::exception_text(py, &e)));
+    }
+
+    /// The handler raised `error` (or its task was cancelled).
+    fn fail(&self, error: &Bound<'_, PyAny>) {
+        let py = error.py();
+        self.send(Err(convert::exception_text(
+            py,
+            &PyErr::from_value(error.clone()),
+        )));
     }
 }
 

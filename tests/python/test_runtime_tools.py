@@ -297,3 +297,21 @@ def test_async_handler_without_a_consuming_loop_fails_with_the_contract_text() -
     completed = [j["data"] for j in runtime.journal(run_id) if j["kind"] == "ToolCallCompleted"]
     assert completed[1]["result"] == {"error": NO_LOOP} or NO_LOOP in json.dumps(completed[1])
     runtime.close()
+
+
+def test_a_cancelled_async_handler_becomes_an_error_result() -> None:
+    @define_tool("gives_up", {})
+    async def gives_up(args: dict[str, Any], ctx: Any) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await asyncio.sleep(0)
+        return "never"
+
+    runtime = create_runtime(spec_with(gives_up), interpreter="scripted")
+    events = drain(runtime.query(script(("gives_up", {}), ("gives_up", {})), "t1"))
+    got = results(events)
+    assert got["scripted-tool-1"] == {"error": "CancelledError: "}
+    assert got["scripted-tool-2"] == {"error": "CancelledError: "}
+    assert events[-1]["type"] == "tool-agent"
+    runtime.close()

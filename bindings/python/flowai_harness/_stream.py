@@ -13,7 +13,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-__all__ = ["next_event", "resolve"]
+__all__ = ["next_event", "resolve", "run_handler"]
 
 
 async def next_event(
@@ -45,3 +45,19 @@ def resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_result(value)
     else:
         future.set_exception(value)
+
+
+async def run_handler(handler: Awaitable[Any], finish: Any) -> None:
+    """Runs an async tool handler handed to this loop and gives its outcome to ``finish``
+    (native) as soon as it has one."""
+    try:
+        value = await handler
+    except Exception as error:
+        finish.fail(error)
+        return
+    except BaseException as error:
+        # Cancelled, or the process is being interrupted: the host learns why, and the
+        # task still ends that way.
+        finish.fail(error)
+        raise
+    finish.succeed(value)
