@@ -76,17 +76,17 @@ impl Handoff {
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Gives `call` to the consumer if it is waiting for its next event now; `false`
-    /// (and `call` dropped unstarted) otherwise.
-    pub(crate) fn offer(&self, call: AsyncCall) -> bool {
+    /// Gives `call` to the consumer if it is waiting for its next event now; gives it
+    /// back otherwise.
+    pub(crate) fn offer(&self, call: AsyncCall) -> Result<(), Box<AsyncCall>> {
         let mut slot = self.lock();
         if !slot.waiting {
-            return false;
+            return Err(Box::new(call));
         }
         slot.calls.push(call);
         drop(slot);
         self.notify.notify_one();
-        true
+        Ok(())
     }
 
     /// The stream's next event, with any calls handed over meanwhile; or calls alone
@@ -170,6 +170,7 @@ fn start_call(py: Python<'_>, host: &PyHost, call: AsyncCall) {
         reply,
     } = call;
     started.store(true, Ordering::Release);
+    crate::python::expect_reply_soon();
     let value = match host.call_handler(py, &call, &created) {
         Ok(value) => value,
         Err(text) => {

@@ -248,8 +248,16 @@ impl PyHost {
             started: Arc::clone(&started),
             reply,
         };
-        if !handoff.offer(offered) {
-            return None;
+        // The consumer may be reading this step's events right now and wait again a few
+        // microseconds later: offer the call until then, as long as a short handler takes.
+        let start = std::time::Instant::now();
+        let mut offered = offered;
+        while let Err(back) = handoff.offer(offered) {
+            if start.elapsed() >= HANDOFF_SPIN {
+                return None;
+            }
+            offered = *back;
+            tokio::task::yield_now().await;
         }
         match spin_then_wait(answer).await {
             Ok(result) => Some(result),

@@ -17,10 +17,10 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::BoundObject;
 use pyo3::prelude::*;
@@ -205,8 +205,30 @@ enum Queued {
 /// hand over an event, and the loop wakes once for however many outcomes queued.
 struct LoopWaker {
     queue: Mutex<Vec<Queued>>,
+    /// Something was queued since the last drain (what [`DrainLoopWaker::spin`] polls).
+    queued_any: AtomicBool,
     poke: UnixStream,
     watched: UnixStream,
+    /// Spinning state, touched only on the loop's thread: a spin is scheduled; spins in
+    /// a row that found nothing; waits to let pass before spinning again.
+    spin_scheduled: AtomicBool,
+    spin_misses: AtomicU32,
+    spin_skip: AtomicU32,
+}
+
+/// How long the loop polls for native results before it would sleep (see
+/// [`DrainLoopWaker::spin`]).
+const LOOP_SPIN: Duration = Duration::from_micros(100);
+
+thread_local! {
+    /// This (loop) thread started an async tool handler since its last wait for events.
+    static REPLY_EXPECTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Notes, on a loop's thread, that an async handler handed to it is starting: its reply
+/// will have the engine answer with the next step soon, worth a spin ([`LoopWaker`]).
+pub(crate) fn expect_reply_soon() {
+    REPLY_EXPECTED.with(|expected| expected.set(true));
 }
 
 impl LoopWaker {
@@ -217,10 +239,32 @@ impl LoopWaker {
             queue.push(item);
             was_empty
         };
+        self.queued_any.store(true, Ordering::Release);
         if was_empty {
             // A full socket buffer means a wake-up is pending already.
             let _ = (&self.poke).write(&[1]);
         }
+    }
+
+    /// Whether a wait just made should have the loop spin before it sleeps: only when
+    /// this thread started an async handler since its last wait (the worker answers that
+    /// handler's reply with the next step within microseconds; a loop that only reads
+    /// events would take CPU from the worker instead), not while a spin is scheduled
+    /// already, nor for a while after spins found nothing (the results come slower than
+    /// a spin lasts, e.g. behind an fsync).
+    fn should_spin(&self) -> bool {
+        if !REPLY_EXPECTED.with(|expected| expected.replace(false))
+            || self.spin_scheduled.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        let skip = self.spin_skip.load(Ordering::Relaxed);
+        if skip > 0 {
+            self.spin_skip.store(skip - 1, Ordering::Relaxed);
+            return false;
+        }
+        self.spin_scheduled.store(true, Ordering::Relaxed);
+        true
     }
 }
 
@@ -228,11 +272,60 @@ impl LoopWaker {
 #[pyclass(module = "flowai_harness._internal", frozen)]
 pub(crate) struct DrainLoopWaker {
     waker: Arc<LoopWaker>,
+    /// The loop's queue of ready callbacks (`_ready` of asyncio's own loops), if it has
+    /// one: spinning only makes sense when it is empty, i.e. the loop would sleep next.
+    ready: Option<Py<PyAny>>,
 }
 
 #[pymethods]
 impl DrainLoopWaker {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        self.drain(py)
+    }
+
+    /// Scheduled (`call_soon`) when a wait is left pending: if the loop has nothing else
+    /// to run, polls for native results for up to [`LOOP_SPIN`] with the GIL released,
+    /// and settles them at once. A loop that went to sleep in its selector takes tens of
+    /// microseconds to be woken on a virtual machine's idle vCPU, longer than the engine
+    /// takes to answer a step; spins that find nothing back off exponentially.
+    fn spin(&self, py: Python<'_>) -> PyResult<()> {
+        let waker = &self.waker;
+        waker.spin_scheduled.store(false, Ordering::Relaxed);
+        let Some(ready) = &self.ready else {
+            return Ok(());
+        };
+        if ready.bind(py).len()? > 0 {
+            return Ok(());
+        }
+        let arrived = waker.queued_any.load(Ordering::Acquire)
+            || py.detach(|| {
+                let start = Instant::now();
+                loop {
+                    for _ in 0..64 {
+                        if waker.queued_any.load(Ordering::Acquire) {
+                            return true;
+                        }
+                        std::hint::spin_loop();
+                    }
+                    if start.elapsed() >= LOOP_SPIN {
+                        return false;
+                    }
+                }
+            });
+        if arrived {
+            waker.spin_misses.store(0, Ordering::Relaxed);
+            return self.drain(py);
+        }
+        let misses = waker.spin_misses.load(Ordering::Relaxed).saturating_add(1);
+        waker.spin_misses.store(misses, Ordering::Relaxed);
+        waker.spin_skip.store(1 << misses.min(6), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl DrainLoopWaker {
+    fn drain(&self, py: Python<'_>) -> PyResult<()> {
+        self.waker.queued_any.store(false, Ordering::Release);
         // Read the pokes first, then take the queue: an outcome queued in between leaves
         // a byte behind, and costs one more (empty) drain at worst.
         let mut bytes = [0u8; 64];
@@ -396,9 +489,10 @@ where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
     let py = event_loop.py();
-    let Some(waker) = loop_waker(event_loop)? else {
+    let Some(drain) = loop_waker(event_loop)? else {
         return Ok((awaitable(py, fut)?, None));
     };
+    let waker = Arc::clone(&drain.get().waker);
     let task = Arc::new(LoopTask {
         future: Mutex::new(Some(Box::pin(async move { settle_later(fut.await) }))),
         target: Mutex::new(None),
@@ -431,6 +525,19 @@ where
             task: Arc::clone(&task),
         };
         future.call_method1("add_done_callback", (cancel,))?;
+        if drain.get().waker.should_spin() {
+            let scheduled = drain
+                .getattr("spin")
+                .and_then(|spin| event_loop.call_method1("call_soon", (spin,)));
+            if let Err(e) = scheduled {
+                drain
+                    .get()
+                    .waker
+                    .spin_scheduled
+                    .store(false, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
         Ok(future)
     };
     match pending() {
@@ -444,16 +551,13 @@ where
 
 /// The waker of `event_loop`, made and registered on first use; `None` for a loop that
 /// cannot watch a file descriptor or keep an attribute (then `call_soon_threadsafe`).
-fn loop_waker(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Arc<LoopWaker>>> {
+fn loop_waker<'py>(event_loop: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, DrainLoopWaker>>> {
     let py = event_loop.py();
     let attr = WAKER_ATTR.get_or_init(py, || {
         pyo3::types::PyString::intern(py, "_flowai_waker").unbind()
     });
     if let Ok(existing) = event_loop.getattr(attr.bind(py)) {
-        return Ok(existing
-            .cast::<DrainLoopWaker>()
-            .ok()
-            .map(|drain| Arc::clone(&drain.get().waker)));
+        return Ok(existing.cast_into::<DrainLoopWaker>().ok());
     }
     // `None` until the waker is registered, and for good if it cannot be. A loop that
     // takes no attributes (uvloop's) is asked nothing more.
@@ -469,20 +573,24 @@ fn loop_waker(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Arc<LoopWaker>>>
     let fd = watched.as_raw_fd();
     let waker = Arc::new(LoopWaker {
         queue: Mutex::new(Vec::new()),
+        queued_any: AtomicBool::new(false),
         poke,
         watched,
+        spin_scheduled: AtomicBool::new(false),
+        spin_misses: AtomicU32::new(0),
+        spin_skip: AtomicU32::new(0),
     });
-    let drain = Bound::new(
-        py,
-        DrainLoopWaker {
-            waker: Arc::clone(&waker),
-        },
-    )?;
+    let ready = event_loop
+        .getattr("_ready")
+        .ok()
+        .filter(|ready| ready.len().is_ok())
+        .map(Bound::unbind);
+    let drain = Bound::new(py, DrainLoopWaker { waker, ready })?;
     if event_loop.call_method1("add_reader", (fd, &drain)).is_err() {
         return Ok(None);
     }
     event_loop.setattr(attr.bind(py), &drain)?;
-    Ok(Some(waker))
+    Ok(Some(drain))
 }
 
 /// An asyncio future on the running loop that `fut` (run on the native runtime)
@@ -502,7 +610,7 @@ where
         Threadsafe(Py<PyAny>, Py<PyAny>),
     }
     let deliver = match loop_waker(&event_loop)? {
-        Some(waker) => Deliver::Waker(waker),
+        Some(drain) => Deliver::Waker(Arc::clone(&drain.get().waker)),
         None => Deliver::Threadsafe(
             event_loop.unbind(),
             RESOLVE
