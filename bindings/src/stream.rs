@@ -71,8 +71,8 @@ pub(crate) struct PyRuntimeEventStream {
     hooks: Py<PyTuple>,
     runtime: Runtime,
     finished: Arc<AtomicBool>,
-    /// The loop the last `__anext__` ran on.
-    last_loop: Mutex<Option<Py<PyAny>>>,
+    /// The loop the last `__anext__` ran on, and its thread.
+    last_loop: Mutex<Option<(Py<PyAny>, std::thread::ThreadId)>>,
     /// The last wait for the next event polled on `last_loop` (done or not).
     last_wait: Mutex<Option<python::LoopWait>>,
     /// The `PyRuntime` this stream belongs to, kept alive while the stream is.
@@ -108,9 +108,20 @@ impl PyRuntimeEventStream {
     /// Makes the running loop the one this run's async callbacks use (API.md §2.4), and
     /// returns it.
     fn register_loop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let running = python::running_loop(py)?;
+        let thread = std::thread::current().id();
         let mut last = self.last_loop.lock().unwrap_or_else(|p| p.into_inner());
-        if last.as_ref().is_some_and(|l| l.bind(py).is(&running)) {
+        // One loop runs on a thread at a time: if the last one runs on this thread, this
+        // call is inside it. Cheaper than `get_running_loop`, which makes a system call
+        // (getpid) each time, three times a step here.
+        if let Some((known, on)) = last.as_ref()
+            && *on == thread
+            && known.bind(py).call_method0("is_running")?.is_truthy()?
+        {
+            return Ok(known.bind(py).clone());
+        }
+        let running = python::running_loop(py)?;
+        if last.as_ref().is_some_and(|(l, _)| l.bind(py).is(&running)) {
+            *last = Some((running.clone().unbind(), thread));
             return Ok(running);
         }
         // A wait still pending on the previous loop will not be polled again: that loop
@@ -126,7 +137,7 @@ impl PyRuntimeEventStream {
         }
         let locals = TaskLocals::new(running.clone()).copy_context(py)?;
         self.host.set_loop(&self.run_id, locals);
-        *last = Some(running.clone().unbind());
+        *last = Some((running.clone().unbind(), thread));
         Ok(running)
     }
 
