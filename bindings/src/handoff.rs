@@ -146,17 +146,19 @@ impl Handed {
 #[pymethods]
 impl Handed {
     /// Starts every handed call's handler on the running loop, then returns the event
-    /// text that came with them (`None` if none did) or raises the stream's end/error.
-    fn start(&self, py: Python<'_>) -> PyResult<Option<String>> {
+    /// (a dict) that came with them (`None` if none did) or raises the stream's end/error.
+    fn start<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let calls = std::mem::take(&mut *self.calls.lock().unwrap_or_else(|p| p.into_inner()));
         for call in calls {
             start_call(py, &self.host, call);
         }
-        self.event
+        let event = self
+            .event
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .transpose()
+            .transpose()?;
+        event.map(|text| convert::loads(py, &text)).transpose()
     }
 }
 
@@ -276,7 +278,7 @@ impl Finish {
     }
 }
 
-/// What the consumer's wait resolves to: an event's JSON text, or handed calls.
+/// What the consumer's wait resolves to: an event (a dict once settled), or handed calls.
 pub(crate) enum Delivery {
     Text(String),
     Handed(Handed),
@@ -289,7 +291,7 @@ impl<'py> IntoPyObject<'py> for Delivery {
 
     fn into_pyobject(self, py: Python<'py>) -> Result<Self::Output, Self::Error> {
         match self {
-            Delivery::Text(text) => Ok(pyo3::types::PyString::new(py, &text).into_any()),
+            Delivery::Text(text) => convert::loads(py, &text),
             Delivery::Handed(handed) => Ok(Bound::new(py, handed)?.into_any()),
         }
     }

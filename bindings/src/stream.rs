@@ -230,7 +230,7 @@ impl PyRuntimeEventStream {
         this.anext(py, slf)
     }
 
-    /// An awaitable of the next event's JSON text, or of async calls handed to this
+    /// An awaitable of the next event (a dict), or of async calls handed to this
     /// consumer meanwhile (`_stream.next_event` starts them and waits again).
     fn _wait_next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.wait_next(&python::running_loop(py)?)

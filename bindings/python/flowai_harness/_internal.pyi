@@ -53,7 +53,7 @@ class PyRuntimeEventStream:
     def __anext__(self) -> Awaitable[dict[str, Any]]: ...
     def cancel(self) -> None: ...
     def _wait_next(self) -> Awaitable[Any]:
-        """The next event's JSON text, or async tool calls handed over (``_stream.next_event``)."""
+        """The next event (a dict), or async tool calls handed over (``_stream.next_event``)."""
 
 @final
 class ReplayStream:

@@ -1,7 +1,7 @@
 """The Python half of the native event stream's ``__anext__`` (API.md §2.4).
 
-The native stream waits for the next event off the event loop; this coroutine then
-turns the event's JSON text into a dict and runs the ``event_hooks`` on the loop
+The native stream waits for the next event (polled on the loop's thread) and settles
+the wait with the event's dict; this coroutine then runs the ``event_hooks`` on the loop
 thread, in order, before the event is yielded (a hook exception propagates). Async tool
 handlers of the run may arrive through the same wait; they are started on this loop.
 """
@@ -9,7 +9,6 @@ handlers of the run may arrive through the same wait; they are started on this l
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -25,16 +24,16 @@ async def next_event(
     ``Handed``): their handlers start here, as tasks of this loop, and the wait goes on.
     """
     item = await pending
-    while item.__class__ is not str:
-        text = item.start()
-        if text is not None:
-            item = text
+    while item.__class__ is not dict:
+        event = item.start()
+        if event is not None:
+            item = event
             break
         item = await stream._wait_next()
-    event: dict[str, Any] = json.loads(item)
     for hook in hooks:
-        hook(event)
-    return event
+        hook(item)
+    event_dict: dict[str, Any] = item
+    return event_dict
 
 
 def resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
