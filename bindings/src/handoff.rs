@@ -24,7 +24,6 @@ use tokio::sync::oneshot;
 use crate::host::PyHost;
 use crate::{convert, errors};
 
-static ENSURE_FUTURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static RUN_HANDLER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// A tool call waiting for the loop to start its async handler.
@@ -219,23 +218,27 @@ fn start_call(py: Python<'_>, host: &PyHost, call: AsyncCall) {
     }
 }
 
-/// Runs `awaitable` as a task of the run's loop (this thread's), in the captured context.
+/// Runs `coroutine` as a task of the run's loop (this thread's), in the captured context.
+/// `create_task` with the loop and the context at hand: `ensure_future` would look the
+/// loop up again (a `getpid` system call each time).
 fn schedule<'py>(
     py: Python<'py>,
     host: &PyHost,
     run_id: &str,
-    awaitable: &Bound<'py, PyAny>,
+    coroutine: &Bound<'py, PyAny>,
 ) -> Result<Bound<'py, PyAny>, String> {
     let Some(locals) = host.loop_of(run_id) else {
         return Err(String::from(crate::host::NO_LOOP));
     };
     let text = |e: PyErr| convert::exception_text(py, &e);
-    let ensure_future = ENSURE_FUTURE
-        .import(py, "asyncio", "ensure_future")
-        .map_err(text)?;
+    // A copy, as a task started inside `context.run` takes: a handler's context
+    // variables stay its own.
+    let context = locals.context(py).call_method0("copy").map_err(text)?;
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("context", context).map_err(text)?;
     locals
-        .context(py)
-        .call_method1("run", (ensure_future, awaitable))
+        .event_loop(py)
+        .call_method("create_task", (coroutine,), Some(&kwargs))
         .map_err(text)
 }
 

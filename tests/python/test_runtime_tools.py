@@ -315,3 +315,25 @@ def test_a_cancelled_async_handler_becomes_an_error_result() -> None:
     assert got["scripted-tool-2"] == {"error": "CancelledError: "}
     assert events[-1]["type"] == "tool-agent"
     runtime.close()
+
+
+def test_an_async_handler_sets_context_variables_for_itself_only() -> None:
+    seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen_by_handler", default="unset")
+
+    @define_tool("tag", {"n": int})
+    async def tag(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        before = seen.get()
+        seen.set(f"handler-{args['n']}")
+        return {"before": before}
+
+    runtime = create_runtime(spec_with(tag), interpreter="scripted")
+
+    async def consume() -> tuple[list[dict[str, Any]], str]:
+        seen.set("consumer")
+        events = [event async for event in runtime.query(script(("tag", {"n": 1}), ("tag", {"n": 2})), "t1")]
+        return events, seen.get()
+
+    events, after = asyncio.run(consume())
+    assert results(events) == {"scripted-tool-1": {"before": "consumer"}, "scripted-tool-2": {"before": "consumer"}}
+    assert after == "consumer"
+    runtime.close()
