@@ -337,3 +337,41 @@ def test_an_async_handler_sets_context_variables_for_itself_only() -> None:
     assert results(events) == {"scripted-tool-1": {"before": "consumer"}, "scripted-tool-2": {"before": "consumer"}}
     assert after == "consumer"
     runtime.close()
+
+
+def test_many_concurrent_runs_with_async_and_sync_handlers_on_one_loop() -> None:
+    # Sixteen runs read on one loop, each alternating an async and a sync handler: the
+    # handoff, the loop's polling for the engine and the handlers' replies interleave
+    # across runs, and every run still gets every result, in order, once.
+    calls: list[tuple[str, int]] = []
+
+    @define_tool("slow_async", {"run": str, "n": int})
+    async def slow_async(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        calls.append((args["run"], args["n"]))
+        if args["n"] % 3 == 0:
+            await asyncio.sleep(0)
+        return {"n": args["n"]}
+
+    @define_tool("plain_sync", {"run": str, "n": int})
+    def plain_sync(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        calls.append((args["run"], args["n"]))
+        return {"n": args["n"]}
+
+    runtime = create_runtime(spec_with(slow_async, plain_sync), interpreter="scripted")
+    steps = 12
+
+    def run_script(run: str) -> str:
+        tools = ("slow_async", "plain_sync")
+        return script(*[(tools[n % 2], {"run": run, "n": n}) for n in range(steps)])
+
+    async def one(run: str) -> list[dict[str, Any]]:
+        return [event async for event in runtime.query(run_script(run), f"thread-{run}")]
+
+    async def everything() -> list[list[dict[str, Any]]]:
+        return await asyncio.gather(*(one(f"r{k}") for k in range(16)))
+
+    for events in asyncio.run(everything()):
+        assert list(results(events).values()) == [{"n": n} for n in range(steps)]
+        assert events[-1]["type"] == "tool-agent"
+    assert sorted(calls) == sorted((f"r{k}", n) for k in range(16) for n in range(steps))
+    runtime.close()
