@@ -371,26 +371,42 @@ struct LoopTask {
 }
 
 impl LoopTask {
-    /// Polls the future (on the loop's thread); its asyncio future and outcome when it
-    /// completed. A task completed or cancelled before is left alone.
-    fn poll(self: Arc<Self>, py: Python<'_>) -> Option<(Py<PyAny>, Settled)> {
+    /// Polls the future once (on the loop's thread); its outcome if it completed, after
+    /// which the task holds no future. A task completed or cancelled before stays pending.
+    fn poll_future(self: &Arc<Self>) -> Poll<Settle> {
         self.queued.store(false, Ordering::Release);
         let mut slot = self.future.lock().unwrap_or_else(|p| p.into_inner());
-        let future = slot.as_mut()?;
-        let waker = Waker::from(Arc::clone(&self));
-        match future.as_mut().poll(&mut Context::from_waker(&waker)) {
-            Poll::Pending => None,
-            Poll::Ready(settle) => {
-                *slot = None;
-                drop(slot);
-                let target = self
-                    .target
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()?;
-                Some((target, settle(py)))
-            }
+        let Some(future) = slot.as_mut() else {
+            return Poll::Pending;
+        };
+        let waker = Waker::from(Arc::clone(self));
+        let poll = future.as_mut().poll(&mut Context::from_waker(&waker));
+        if poll.is_ready() {
+            *slot = None;
         }
+        poll
+    }
+
+    /// [`LoopTask::poll_future`] for a task the loop's waker queued: its asyncio future
+    /// and outcome when it completed.
+    fn poll(self: Arc<Self>, py: Python<'_>) -> Option<(Py<PyAny>, Settled)> {
+        let Poll::Ready(settle) = self.poll_future() else {
+            return None;
+        };
+        let target = self.forget_target()?;
+        Some((target, settle(py)))
+    }
+
+    fn forget_target(&self) -> Option<Py<PyAny>> {
+        self.target.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Drops the future (ending its wait: locks and guards it holds are released) and
+    /// forgets the asyncio future, which is left as it is.
+    fn abandon(&self) {
+        let dropped = self.future.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(dropped);
+        self.forget_target();
     }
 }
 
@@ -406,16 +422,6 @@ impl Wake for LoopTask {
     }
 }
 
-impl LoopTask {
-    /// Drops the future (ending its wait: locks and guards it holds are released) and
-    /// forgets the asyncio future, which is left as it is.
-    fn abandon(&self) {
-        let dropped = self.future.lock().unwrap_or_else(|p| p.into_inner()).take();
-        drop(dropped);
-        self.target.lock().unwrap_or_else(|p| p.into_inner()).take();
-    }
-}
-
 /// Drops a [`LoopTask`]'s future when its asyncio future is cancelled.
 #[pyclass(module = "flowai_harness._internal", frozen)]
 struct DropOnCancel {
@@ -428,11 +434,7 @@ impl DropOnCancel {
         if future.call_method0("cancelled")?.is_truthy()? {
             self.task.abandon();
         } else {
-            self.task
-                .target
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
+            self.task.forget_target();
         }
         Ok(())
     }
@@ -499,20 +501,7 @@ where
         queued: AtomicBool::new(false),
         waker,
     });
-    let first = {
-        let mut slot = task.future.lock().unwrap_or_else(|p| p.into_inner());
-        let poll = match slot.as_mut() {
-            Some(future) => future
-                .as_mut()
-                .poll(&mut Context::from_waker(&Waker::from(Arc::clone(&task)))),
-            None => Poll::Pending,
-        };
-        if poll.is_ready() {
-            *slot = None;
-        }
-        poll
-    };
-    if let Poll::Ready(settle) = first {
+    if let Poll::Ready(settle) = task.poll_future() {
         let ready = Bound::new(py, crate::stream::Ready::new(settle(py)))?.into_any();
         return Ok((ready, None));
     }
