@@ -238,7 +238,8 @@ impl Pending {
 
 /// The open log of a writer.
 struct Log {
-    file: File,
+    /// Shared with [`UnsyncedFrame`]s, which fdatasync it without the state's lock.
+    file: Arc<File>,
     /// The version in this generation's header: journal frames go only into a version 2
     /// generation (a version 1 reader would take one for the end of the log).
     version: u32,
@@ -325,7 +326,7 @@ impl WalBackend {
                 let file = OpenOptions::new().read(true).write(true).open(&wal_path)?;
                 let capacity = file.metadata()?.len();
                 Some(Log {
-                    file,
+                    file: Arc::new(file),
                     version,
                     capacity,
                     salt,
@@ -385,25 +386,44 @@ impl WalBackend {
     /// durability) and fdatasyncs it. `Ok(false)`: it does not fit in the log (or the log
     /// continues a version 1 generation); make a durable commit instead, which covers
     /// those appends.
+    #[cfg(test)]
     pub(crate) fn append_journal(&self, body: &[u8]) -> io::Result<bool> {
+        match self.write_journal(body)? {
+            Some(frame) => frame.sync().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Writes one journal frame (`body`: appends about to be committed to redb without
+    /// durability) and starts its writeback, without waiting for it: the caller commits
+    /// to redb meanwhile, then makes the frame durable with [`UnsyncedFrame::sync`], and
+    /// acknowledges only after that. `None`: it does not fit in the log (or the log
+    /// continues a version 1 generation); make a durable commit instead.
+    ///
+    /// From here on the frame is in the log: if the redb commit then fails, the store
+    /// must take no other append (a restart would replay the frame's records).
+    pub(crate) fn write_journal(&self, body: &[u8]) -> io::Result<Option<UnsyncedFrame>> {
         let mut state = self.write_state()?;
         let len = (FRAME_HEADER_LEN + body.len() + CHECKSUM_LEN) as u64;
         let mut log = match state.log.take() {
             Some(log) => log,
             None => self.new_log()?,
         };
-        let fits = log.end + len <= log.capacity && log.version >= 2;
-        let result = if fits {
-            append_journal_frame(&mut log, body, state.image.len)
-        } else {
-            Ok(())
-        };
-        state.log = Some(log);
-        result?;
-        if fits {
-            state.journal.push(body.to_vec());
+        if log.end + len > log.capacity || log.version < 2 {
+            state.log = Some(log);
+            return Ok(None);
         }
-        Ok(fits)
+        let mut frames = Frames::after(&log);
+        let written = frames
+            .journal(body, state.image.len)
+            .and_then(|()| frames.write_unsynced(&mut log));
+        let file = Arc::clone(&log.file);
+        state.log = Some(log);
+        let (offset, len) = written?;
+        start_writeback(&file, offset, len);
+        // From the write on, a checkpoint must carry the frame into the next generation.
+        state.journal.push(body.to_vec());
+        Ok(Some(UnsyncedFrame(file)))
     }
 
     /// The store made a durable redb commit: every journal frame so far is covered by it.
@@ -468,7 +488,7 @@ impl WalBackend {
         let capacity = have.max(self.size.initial).max(FRAMES_START + CHUNK);
         extend_with_zeros(&file, have, capacity)?;
         let mut log = Log {
-            file,
+            file: Arc::new(file),
             version: WAL_VERSION,
             capacity,
             salt: 0,
@@ -485,13 +505,22 @@ impl WalBackend {
     }
 
     /// Appends the pending changes as one frame and fdatasyncs it; checkpoints instead when
-    /// the frame does not fit in the log.
+    /// the frame does not fit in the log, unless journal frames are outstanding.
+    ///
+    /// Journal frames not yet covered by a durable redb commit hold records that may be
+    /// nowhere else on disk (redb keeps a non-durable commit's pages in memory, and a sync
+    /// outside a durable commit, when redb grows the file, does not flush them). A
+    /// checkpoint's new generation would end the frames' validity one fdatasync before
+    /// writing them again into it, and a crash in between would lose acknowledged records.
+    /// So while they are outstanding the log grows past its size instead; the next durable
+    /// commit covers them, and the first frame that does not fit after it checkpoints.
     fn sync(&self, state: &mut State) -> io::Result<()> {
         if state.pending.is_empty() {
             return Ok(());
         }
         let len = frame_len(&state.pending, &state.image);
-        if FRAMES_START + len > self.size.max {
+        let may_checkpoint = state.journal.is_empty();
+        if FRAMES_START + len > self.size.max && may_checkpoint {
             return self.checkpoint(state, usize::MAX);
         }
         let mut log = match state.log.take() {
@@ -499,8 +528,16 @@ impl WalBackend {
             None => self.new_log()?,
         };
         if log.end + len > log.capacity {
-            state.log = Some(log);
-            return self.checkpoint(state, usize::MAX);
+            if may_checkpoint {
+                state.log = Some(log);
+                return self.checkpoint(state, usize::MAX);
+            }
+            let grown = (log.end + len).next_power_of_two();
+            if let Err(e) = extend_with_zeros(&log.file, log.capacity, grown) {
+                state.log = Some(log);
+                return Err(e);
+            }
+            log.capacity = grown;
         }
         let result = append_frame(&mut log, &state.image, &state.pending, len);
         state.log = Some(log);
@@ -701,12 +738,19 @@ impl Frames {
         if self.bytes.is_empty() {
             return Ok(());
         }
-        log.file.write_all_at(&self.bytes, log.end)?;
-        log.file.sync_data()?;
+        self.write_unsynced(log)?;
+        log.file.sync_data()
+    }
+
+    /// Writes the frames at the log's end, without fdatasync; returns where they went
+    /// (offset, length). The next frame follows them, whether or not they are synced yet.
+    fn write_unsynced(self, log: &mut Log) -> io::Result<(u64, u64)> {
+        let at = log.end;
+        log.file.write_all_at(&self.bytes, at)?;
         log.prev = self.prev;
         log.next_frame = self.next_frame;
         log.end += self.len();
-        Ok(())
+        Ok((at, self.len()))
     }
 }
 
@@ -716,11 +760,38 @@ fn append_frame(log: &mut Log, image: &Image, pending: &Pending, len: u64) -> io
     frames.write(log)
 }
 
-fn append_journal_frame(log: &mut Log, body: &[u8], len: u64) -> io::Result<()> {
-    let mut frames = Frames::after(log);
-    frames.journal(body, len)?;
-    frames.write(log)
+/// A journal frame in the log whose fdatasync is still to come.
+#[must_use = "a journal frame counts only once it is synced"]
+pub(crate) struct UnsyncedFrame(Arc<File>);
+
+impl UnsyncedFrame {
+    /// Makes the frame (and everything written to the log before it) durable.
+    pub(crate) fn sync(self) -> io::Result<()> {
+        self.0.sync_data()
+    }
 }
+
+/// Asks the kernel to start writing `len` bytes at `offset` of `file` to the device now,
+/// so that the fdatasync which follows the caller's other work (a redb commit, ≈ 35 µs
+/// of CPU) finds the write under way: measured here, a 1.5 KB frame's write + fdatasync
+/// with 35 µs of work between them cost what they cost without it. Only a hint: the
+/// fdatasync is what makes the frame durable, so a failure here is ignored.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range takes a descriptor and integers and touches no memory of
+    // ours; the descriptor stays open for the call, as `file` is borrowed.
+    #[allow(unsafe_code)]
+    let _ = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// Real zeros, not fallocate: writing into unwritten extents would make every frame's
 /// fdatasync update the extent tree too. Synced by the caller's next fdatasync.
@@ -1171,6 +1242,42 @@ mod tests {
         assert!(
             reopened.journal_tail().is_empty(),
             "covered frames are gone"
+        );
+    }
+
+    #[test]
+    fn a_frame_that_does_not_fit_grows_the_log_while_journal_frames_are_outstanding() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = new_store_file(dir.path());
+        let salt_of = |backend: &WalBackend| backend.read_state().log.as_ref().map(|l| l.salt);
+        let backend = WalBackend::open(&path, true, SMALL).expect("open");
+        backend.write(0, &[1; 100]).expect("write");
+        backend.sync_data().expect("sync");
+        let salt = salt_of(&backend);
+        assert!(backend.append_journal(b"outstanding").expect("append"));
+        // A frame bigger than the whole log, synced outside a durable commit (as redb does
+        // when it grows the file): a new generation now would drop the journal frame
+        // until it is written again.
+        backend.write(4096, &[7; 64 << 10]).expect("write");
+        backend.sync_data().expect("sync");
+        assert_eq!(salt_of(&backend), salt, "the generation went on");
+        drop(backend); // a crash: no close
+        let reopened = WalBackend::open(&path, false, SMALL).expect("reopen");
+        assert_eq!(reopened.journal_tail(), vec![b"outstanding".to_vec()]);
+        let mut page = vec![0; 4096];
+        reopened.read(4096, &mut page).expect("read");
+        assert!(page.iter().all(|&b| b == 7), "the big frame is in the log");
+        drop(reopened);
+
+        // Once a durable commit covers the journal frame, such a frame checkpoints again.
+        let backend = WalBackend::open(&path, true, SMALL).expect("open");
+        backend.mark_durable();
+        backend.write(8192, &[9; 64 << 10]).expect("write");
+        backend.sync_data().expect("sync");
+        assert_ne!(
+            salt_of(&backend),
+            salt,
+            "a checkpoint started a new generation"
         );
     }
 

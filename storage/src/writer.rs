@@ -170,8 +170,19 @@ pub(crate) struct Committed {
     took: Duration,
     /// An `eventual` commit left the first unsynced state: the writer must arm its timer.
     pub(crate) arm_flush: bool,
-    /// The body of the journal frame for the batch's appends, when one was asked for.
-    journal_frame: Option<Result<Vec<u8>, String>>,
+    /// The batch's journal frame, when one was asked for.
+    journal_frame: JournalFrame,
+}
+
+/// Where a batch's journal frame stands after [`run_batch`].
+enum JournalFrame {
+    /// None was asked for, or the batch wrote nothing.
+    None,
+    /// Written to the log before the redb commit; durable once synced.
+    Written(crate::wal::UnsyncedFrame),
+    /// Not written (it does not fit in the log, or building or writing it failed): the
+    /// batch needs a durable commit instead.
+    Unwritten(String),
 }
 
 impl Committed {
@@ -184,7 +195,7 @@ impl Committed {
             replies,
             took: Duration::ZERO,
             arm_flush: false,
-            journal_frame: None,
+            journal_frame: JournalFrame::None,
         }
     }
 
@@ -471,7 +482,7 @@ impl Shared {
             BatchMode {
                 durable,
                 skippable,
-                journal: journal_log.is_some(),
+                journal: journal_log.map(Arc::as_ref),
             },
             label,
         );
@@ -498,19 +509,18 @@ impl Shared {
         if self.policy == Policy::Memory {
             self.track_memory_appends(state, &mut committed, &runs, label);
         }
-        if let Some(wal) = journal_log
-            && committed.ok
-        {
-            self.log_journal_frame(state, db, wal, &mut committed, label);
+        if let Some(wal) = journal_log {
+            self.settle_journal_frame(state, db, wal, &mut committed, label);
         }
         committed
     }
 
-    /// Makes a non-durable batch of plain appends durable with a journal frame; if the
-    /// frame does not fit in the log (or cannot be written), with a durable commit. If
-    /// neither works, the batch fails and the store is poisoned: its appends are visible
-    /// in this process but would not survive it.
-    fn log_journal_frame(
+    /// Makes a non-durable batch of plain appends durable: its journal frame, written
+    /// before the redb commit, is synced; a batch whose frame was not written gets a
+    /// durable commit instead. If neither works, the batch fails and the store is poisoned:
+    /// its appends are visible in this process (or, with the frame written but the redb
+    /// commit failed, in the log) and must not be followed by others.
+    fn settle_journal_frame(
         &self,
         state: &mut SyncState,
         db: &redb::Database,
@@ -518,30 +528,49 @@ impl Shared {
         committed: &mut Committed,
         label: &str,
     ) {
-        let body = committed
-            .journal_frame
-            .take()
-            .unwrap_or_else(|| Err(String::from("no journal frame was made")));
-        let logged = body.and_then(|body| match wal.append_journal(&body) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(String::from("journal frame does not fit in the log")),
-            Err(e) => Err(e.to_string()),
-        });
-        if let Err(why) = logged {
-            if !sync(db, label) {
-                let err = StoreError::CommitFailed {
-                    path: label.to_owned(),
-                    reason: format!("the commit could not be made durable ({why})"),
-                };
-                fail_pending(&mut committed.replies, &err, label);
-                committed.ok = false;
-                state.poisoned = Some(err.to_string());
-                self.unsettled.store(true, Ordering::Release);
+        let frame = std::mem::replace(&mut committed.journal_frame, JournalFrame::None);
+        let failed = match frame {
+            JournalFrame::None => return,
+            JournalFrame::Written(frame) if committed.ok => match frame.sync() {
+                Ok(()) => return,
+                Err(e) => e.to_string(),
+            },
+            // The frame's records are in the log but not in redb: nothing may follow them.
+            JournalFrame::Written(_) => {
+                self.poison(
+                    state,
+                    committed,
+                    label,
+                    "the redb commit after its journal frame failed",
+                );
                 return;
             }
-            state.non_durable = 0;
-            wal.mark_durable();
+            JournalFrame::Unwritten(_) if !committed.ok => return,
+            JournalFrame::Unwritten(why) => why,
+        };
+        if !sync(db, label) {
+            self.poison(
+                state,
+                committed,
+                label,
+                &format!("the commit could not be made durable ({failed})"),
+            );
+            return;
         }
+        state.non_durable = 0;
+        wal.mark_durable();
+    }
+
+    /// Fails the batch and every later request of the store with `reason`.
+    fn poison(&self, state: &mut SyncState, committed: &mut Committed, label: &str, reason: &str) {
+        let err = StoreError::CommitFailed {
+            path: label.to_owned(),
+            reason: reason.to_owned(),
+        };
+        fail_pending(&mut committed.replies, &err, label);
+        committed.ok = false;
+        state.poisoned = Some(err.to_string());
+        self.unsettled.store(true, Ordering::Release);
     }
 
     /// A file store logging journal frames: one durable commit, so that closing can fold
@@ -867,22 +896,22 @@ pub(crate) fn commit_batch(
 
 /// How [`run_batch`] commits.
 #[derive(Clone, Copy)]
-struct BatchMode {
+struct BatchMode<'a> {
     durable: bool,
     /// Abort instead of committing when every request failed its checks.
     skippable: bool,
-    /// Build the body of a journal frame for the batch's appends (see
-    /// `Shared::log_journal_frame`).
-    journal: bool,
+    /// The log to write a journal frame of the batch's appends to, before the redb
+    /// commit (see `Shared::settle_journal_frame`).
+    journal: Option<&'a crate::wal::WalBackend>,
 }
 
-impl BatchMode {
+impl BatchMode<'_> {
     #[cfg(test)]
-    fn without_journal(durable: bool, skippable: bool) -> BatchMode {
+    fn without_journal(durable: bool, skippable: bool) -> BatchMode<'static> {
         BatchMode {
             durable,
             skippable,
-            journal: false,
+            journal: None,
         }
     }
 }
@@ -901,7 +930,7 @@ fn run_batch(db: &redb::Database, batch: Vec<Msg>, mode: BatchMode, label: &str)
         replies: Vec::with_capacity(batch.len()),
         took: Duration::ZERO,
         arm_flush: false,
-        journal_frame: None,
+        journal_frame: JournalFrame::None,
     };
     let mut txn = match db.begin_write() {
         Ok(txn) => txn,
@@ -925,7 +954,7 @@ fn run_batch(db: &redb::Database, batch: Vec<Msg>, mode: BatchMode, label: &str)
     let mut wrote = false;
     let fatal = {
         let mut w = Writes::new(&txn, label);
-        if journal {
+        if journal.is_some() {
             w.journal_frame = Some(Ok(Vec::new()));
         }
         let mut fatal = None;
@@ -957,7 +986,21 @@ fn run_batch(db: &redb::Database, batch: Vec<Msg>, mode: BatchMode, label: &str)
                 Msg::Wake => wrote = true,
             }
         }
-        committed.journal_frame = w.journal_frame.take();
+        let body = w.journal_frame.take();
+        if let (Some(wal), None, true) = (journal, &fatal, wrote || !skip_if_nothing_written) {
+            // Written now so that its writeback runs during the redb commit.
+            committed.journal_frame =
+                match body.unwrap_or_else(|| Err(String::from("no journal frame was made"))) {
+                    Ok(body) => match wal.write_journal(&body) {
+                        Ok(Some(frame)) => JournalFrame::Written(frame),
+                        Ok(None) => JournalFrame::Unwritten(String::from(
+                            "journal frame does not fit in the log",
+                        )),
+                        Err(e) => JournalFrame::Unwritten(e.to_string()),
+                    },
+                    Err(why) => JournalFrame::Unwritten(why),
+                };
+        }
         fatal
     };
     if let Some(err) = fatal {
