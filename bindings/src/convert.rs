@@ -5,7 +5,7 @@ use std::future::Future;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyString;
+use pyo3::types::{PyDict, PyList, PyString};
 use serde_json::Value;
 
 use crate::errors;
@@ -57,6 +57,11 @@ pub(crate) fn to_json(value: &Bound<'_, PyAny>) -> PyResult<Value> {
 
 /// `inspect.isawaitable(value)`.
 pub(crate) fn is_awaitable(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    // What handlers return most: plain JSON containers, which are never awaitable (exact
+    // types only; a subclass may define `__await__`).
+    if value.is_exact_instance_of::<PyDict>() || value.is_exact_instance_of::<PyList>() {
+        return Ok(false);
+    }
     IS_AWAITABLE
         .import(value.py(), "inspect", "isawaitable")?
         .call1((value,))?
