@@ -987,19 +987,12 @@ fn run_batch(db: &redb::Database, batch: Vec<Msg>, mode: BatchMode, label: &str)
             }
         }
         let body = w.journal_frame.take();
-        if let (Some(wal), None, true) = (journal, &fatal, wrote || !skip_if_nothing_written) {
-            // Written now so that its writeback runs during the redb commit.
-            committed.journal_frame =
-                match body.unwrap_or_else(|| Err(String::from("no journal frame was made"))) {
-                    Ok(body) => match wal.write_journal(&body) {
-                        Ok(Some(frame)) => JournalFrame::Written(frame),
-                        Ok(None) => JournalFrame::Unwritten(String::from(
-                            "journal frame does not fit in the log",
-                        )),
-                        Err(e) => JournalFrame::Unwritten(e.to_string()),
-                    },
-                    Err(why) => JournalFrame::Unwritten(why),
-                };
+        if let Some(wal) = journal
+            && fatal.is_none()
+            && (wrote || !skip_if_nothing_written)
+        {
+            // Written now, so that its writeback runs during the redb commit.
+            committed.journal_frame = write_journal_frame(wal, body);
         }
         fatal
     };
@@ -1023,6 +1016,23 @@ fn run_batch(db: &redb::Database, batch: Vec<Msg>, mode: BatchMode, label: &str)
         }
     }
     committed
+}
+
+/// Writes a batch's journal frame (`body`, as [`Writes`] built it) to the log.
+fn write_journal_frame(
+    wal: &crate::wal::WalBackend,
+    body: Option<Result<Vec<u8>, String>>,
+) -> JournalFrame {
+    let body = match body {
+        Some(Ok(body)) => body,
+        Some(Err(why)) => return JournalFrame::Unwritten(why),
+        None => return JournalFrame::Unwritten(String::from("no journal frame was made")),
+    };
+    match wal.write_journal(&body) {
+        Ok(Some(frame)) => JournalFrame::Written(frame),
+        Ok(None) => JournalFrame::Unwritten(String::from("journal frame does not fit in the log")),
+        Err(e) => JournalFrame::Unwritten(e.to_string()),
+    }
 }
 
 /// Turns every reply of the batch so far into the batch's failure.
