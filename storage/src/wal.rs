@@ -738,12 +738,21 @@ impl Frames {
         if self.bytes.is_empty() {
             return Ok(());
         }
-        self.write_unsynced(log)?;
-        log.file.sync_data()
+        // The log moves on only once the frames are durable: after a failed fdatasync the
+        // next frame goes to the same place, and the chain never runs through bytes the
+        // kernel may have dropped.
+        log.file.write_all_at(&self.bytes, log.end)?;
+        log.file.sync_data()?;
+        log.prev = self.prev;
+        log.next_frame = self.next_frame;
+        log.end += self.len();
+        Ok(())
     }
 
     /// Writes the frames at the log's end, without fdatasync; returns where they went
-    /// (offset, length). The next frame follows them, whether or not they are synced yet.
+    /// (offset, length). The next frame follows them, whether or not they are synced yet,
+    /// so a failed fdatasync of these must stop the log's writer (see
+    /// [`UnsyncedFrame::sync`]).
     fn write_unsynced(self, log: &mut Log) -> io::Result<(u64, u64)> {
         let at = log.end;
         log.file.write_all_at(&self.bytes, at)?;
@@ -765,7 +774,9 @@ fn append_frame(log: &mut Log, image: &Image, pending: &Pending, len: u64) -> io
 pub(crate) struct UnsyncedFrame(Arc<File>);
 
 impl UnsyncedFrame {
-    /// Makes the frame (and everything written to the log before it) durable.
+    /// Makes the frame (and everything written to the log before it) durable. A failure
+    /// leaves the frame's bytes in doubt while later frames would chain after them: the
+    /// store takes no other append then.
     pub(crate) fn sync(self) -> io::Result<()> {
         self.0.sync_data()
     }

@@ -517,9 +517,9 @@ impl Shared {
 
     /// Makes a non-durable batch of plain appends durable: its journal frame, written
     /// before the redb commit, is synced; a batch whose frame was not written gets a
-    /// durable commit instead. If neither works, the batch fails and the store is poisoned:
-    /// its appends are visible in this process (or, with the frame written but the redb
-    /// commit failed, in the log) and must not be followed by others.
+    /// durable commit instead. If that fails, or the frame's fdatasync or the redb commit
+    /// after it does, the batch fails and the store is poisoned: its appends are visible
+    /// in this process (or in the log) and must not be followed by others.
     fn settle_journal_frame(
         &self,
         state: &mut SyncState,
@@ -529,12 +529,21 @@ impl Shared {
         label: &str,
     ) {
         let frame = std::mem::replace(&mut committed.journal_frame, JournalFrame::None);
-        let failed = match frame {
+        let not_logged = match frame {
             JournalFrame::None => return,
-            JournalFrame::Written(frame) if committed.ok => match frame.sync() {
-                Ok(()) => return,
-                Err(e) => e.to_string(),
-            },
+            // A failed fdatasync leaves the frame in doubt, with the log moved past it: a
+            // durable commit written after it could be cut off from replay with it.
+            JournalFrame::Written(frame) if committed.ok => {
+                if let Err(e) = frame.sync() {
+                    self.poison(
+                        state,
+                        committed,
+                        label,
+                        &format!("the journal frame could not be made durable ({e})"),
+                    );
+                }
+                return;
+            }
             // The frame's records are in the log but not in redb: nothing may follow them.
             JournalFrame::Written(_) => {
                 self.poison(
@@ -553,7 +562,7 @@ impl Shared {
                 state,
                 committed,
                 label,
-                &format!("the commit could not be made durable ({failed})"),
+                &format!("the commit could not be made durable ({not_logged})"),
             );
             return;
         }
