@@ -427,12 +427,33 @@ impl WalBackend {
     }
 
     /// The store made a durable redb commit: every journal frame so far is covered by it.
+    ///
+    /// A log that grew past its size while journal frames were outstanding (see `sync`)
+    /// is checkpointed now, while none is, and cut back to its size: otherwise every time
+    /// it filled up again it would double.
     pub(crate) fn mark_durable(&self) {
-        self.state
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .journal
-            .clear();
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        state.journal.clear();
+        if state
+            .log
+            .as_ref()
+            .is_none_or(|log| log.capacity <= self.size.max)
+        {
+            return;
+        }
+        // A failure leaves the log as it was, valid and oversized: the next durable
+        // commit tries again.
+        let shrunk = self.checkpoint(&mut state, usize::MAX).and_then(|()| {
+            let Some(log) = state.log.as_mut() else {
+                return Ok(());
+            };
+            log.file.set_len(self.size.max)?;
+            log.capacity = self.size.max;
+            Ok(())
+        });
+        if let Err(e) = shrunk {
+            tracing::warn!(log = %self.wal_path.display(), error = %e, "checkpointing an oversized write-ahead log failed");
+        }
     }
 
     /// Whether some journal frame is not known to be covered by a durable commit.
@@ -1280,15 +1301,35 @@ mod tests {
         assert!(page.iter().all(|&b| b == 7), "the big frame is in the log");
         drop(reopened);
 
-        // Once a durable commit covers the journal frame, such a frame checkpoints again.
+        // Once a durable commit covers the journal frame, the oversized log is folded into
+        // the store file and cut back to its size; a frame too big for it checkpoints.
         let backend = WalBackend::open(&path, true, SMALL).expect("open");
         backend.mark_durable();
+        assert_ne!(
+            salt_of(&backend),
+            salt,
+            "a checkpoint started a new generation"
+        );
+        let log_len = || std::fs::metadata(wal_path(&path)).expect("log").len();
+        assert_eq!(log_len(), SMALL.max, "the log is back to its size");
+        let salt = salt_of(&backend);
         backend.write(8192, &[9; 64 << 10]).expect("write");
         backend.sync_data().expect("sync");
         assert_ne!(
             salt_of(&backend),
             salt,
             "a checkpoint started a new generation"
+        );
+        assert_eq!(log_len(), SMALL.max);
+        drop(backend);
+        let reopened = WalBackend::open(&path, false, SMALL).expect("reopen");
+        let mut page = vec![0; 4096];
+        reopened.read(4096, &mut page).expect("read");
+        assert!(page.iter().all(|&b| b == 7), "the first big write survived");
+        reopened.read(8192 + 4096, &mut page).expect("read");
+        assert!(
+            page.iter().all(|&b| b == 9),
+            "the second big write survived"
         );
     }
 
