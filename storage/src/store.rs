@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
@@ -63,6 +64,8 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// What the writer and inline commits share (the gate, durability bookkeeping, counters).
     shared: Arc<Shared>,
+    /// Opening had redb rebuild its allocator state (see [`Store::repaired_at_open`]).
+    repaired_at_open: bool,
 }
 
 impl Inner {
@@ -341,6 +344,16 @@ impl Store {
         // A store of this process that is being dropped on another thread may hold the file a
         // moment longer; only then is waiting for it worth it.
         let mut attempts = if stale { 200 } else { 1 };
+        let repaired = Arc::new(AtomicBool::new(false));
+        let on_repair = {
+            let repaired = Arc::clone(&repaired);
+            let label = label.clone();
+            move |_: &mut redb::RepairSession| {
+                if !repaired.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(store = %label, "the store was not closed cleanly and its last durable commit did not record redb's allocator state: rebuilding it, which reads every table");
+                }
+            }
+        };
         if options.shared_reads && wal::wal_path(&canonical).exists() {
             // Readers of other processes see the store file only: fold a log left by a
             // crashed writer into it first (a writer open of its own, closed right away).
@@ -348,6 +361,7 @@ impl Store {
                 &canonical,
                 redb::ConcurrencyMode::ExclusiveWriter,
                 wal::DEFAULT_LOG_SIZE,
+                on_repair.clone(),
             )
             .map_err(|e| log_error(&canonical, e))?
             .map_err(|e| locked_or_db(&label, e))?;
@@ -365,13 +379,19 @@ impl Store {
             let opened = if options.shared_reads {
                 redb::Builder::new()
                     .set_concurrency_mode(mode)
+                    .set_repair_callback(on_repair.clone())
                     .create(&canonical)
                     .map(|db| (db, None))
             } else {
                 // The default: commits go to the write-ahead log (see `wal`).
-                WalBackend::open_database(&canonical, mode, wal::DEFAULT_LOG_SIZE)
-                    .map_err(|e| log_error(&canonical, e))?
-                    .map(|(db, wal)| (db, Some(wal)))
+                WalBackend::open_database(
+                    &canonical,
+                    mode,
+                    wal::DEFAULT_LOG_SIZE,
+                    on_repair.clone(),
+                )
+                .map_err(|e| log_error(&canonical, e))?
+                .map(|(db, wal)| (db, Some(wal)))
             };
             match opened {
                 Ok(db) => break db,
@@ -387,7 +407,15 @@ impl Store {
             durability = Durability::Immediate;
         }
         let (db, wal) = db;
-        let inner = Self::start(db, Some(canonical.clone()), label, durability, wal)?;
+        let repaired = repaired.load(Ordering::Acquire);
+        let inner = Self::start(
+            db,
+            Some(canonical.clone()),
+            label,
+            durability,
+            wal,
+            repaired,
+        )?;
         registry.insert(canonical, Arc::downgrade(&inner));
         Ok(Store {
             inner,
@@ -491,6 +519,7 @@ impl Store {
             sender: RwLock::new(None),
             writer: Mutex::new(None),
             shared: Arc::new(Shared::new(Policy::Immediate)),
+            repaired_at_open: false,
         });
         registry.insert(canonical, Arc::downgrade(&inner));
         Ok(Store {
@@ -516,7 +545,7 @@ impl Store {
             .set_cache_size(IN_MEMORY_CACHE_BYTES)
             .create_with_backend(crate::memory::MemoryBackend::default())
             .db(&label)?;
-        let inner = Self::start(db, None, label, durability, None)?;
+        let inner = Self::start(db, None, label, durability, None, false)?;
         Ok(Store {
             inner,
             read_only: false,
@@ -530,8 +559,12 @@ impl Store {
         label: String,
         durability: Durability,
         wal: Option<Arc<WalBackend>>,
+        repaired_at_open: bool,
     ) -> Result<Arc<Inner>, StoreError> {
-        let txn = db.begin_write().db(&label)?;
+        let mut txn = db.begin_write().db(&label)?;
+        if path.is_some() {
+            writer::record_allocator_state(&mut txn);
+        }
         init_schema(&txn, &label)?;
         // Appends a crashed writer acknowledged through journal frames, before anything
         // else reads or writes: this durable commit covers them from now on.
@@ -574,7 +607,17 @@ impl Store {
             sender: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             shared,
+            repaired_at_open,
         }))
+    }
+
+    /// Whether opening this store had redb rebuild its allocator state by reading every
+    /// table: a crash left the file without the state a durable commit records. Every
+    /// durable commit records it, so this is `true` only for a store last written by a
+    /// version that did not (or opened in a way that does not commit), and a warning is
+    /// logged when it happens.
+    pub fn repaired_at_open(&self) -> bool {
+        self.inner.repaired_at_open
     }
 
     /// The canonical path of the file; `None` in memory.

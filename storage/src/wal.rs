@@ -366,10 +366,12 @@ impl WalBackend {
         path: &Path,
         mode: redb::ConcurrencyMode,
         size: LogSize,
+        on_repair: impl Fn(&mut redb::RepairSession) + 'static,
     ) -> io::Result<Result<(redb::Database, Arc<WalBackend>), redb::DatabaseError>> {
         let backend = Arc::new(WalBackend::open(path, true, size)?);
         let opened = redb::Builder::new()
             .set_concurrency_mode(mode)
+            .set_repair_callback(on_repair)
             .create_with_backend(SharedWal(Arc::clone(&backend)));
         // Only once redb's lock is ours does the log say anything: a live writer of
         // another process may be checkpointing it, and that one is reported as locked.

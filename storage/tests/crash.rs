@@ -320,6 +320,33 @@ fn a_writer_recovers_appends_a_crashed_writer_logged_as_journal_frames() {
     }
 }
 
+#[test]
+fn a_writer_reopens_a_crashed_store_without_rebuilding_the_allocator_state() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("crash.redb");
+    // Each run's first append is a durable commit, the later ones journal frames.
+    let output = child_command(&std::env::current_exe().unwrap(), &path)
+        .env(THREADS_ENV, "1")
+        .env(ABORT_AFTER_ENV, "5")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the child aborts");
+    let writer = Store::open(&path, StoreOptions::default()).unwrap();
+    // The durable commits recorded redb's allocator state: reopening loads it rather than
+    // reading every table (what takes time in a large store).
+    assert!(
+        !writer.repaired_at_open(),
+        "the open rebuilt the allocator state"
+    );
+    for i in 0..RUNS {
+        assert!(writer.last_seq(run_id(i)).unwrap() > 5, "run {i}");
+    }
+    writer.close().unwrap();
+}
+
 /// Kills a child with `threads` appending threads at random moments, verifying the store
 /// after each kill.
 fn kill_and_verify(threads: usize, shape: &str) {
