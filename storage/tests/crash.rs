@@ -268,20 +268,27 @@ fn acknowledged_records_of_a_lone_appender_survive_sigkill() {
     kill_and_verify(1, "a lone appender");
 }
 
+/// A store left by a one-thread child that aborted (no destructors) after `rounds` rounds,
+/// in a new temporary directory, with the child's output.
+fn aborted_child(rounds: usize) -> (tempfile::TempDir, std::path::PathBuf, std::process::Output) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("crash.redb");
+    let output = child_command(&std::env::current_exe().unwrap(), &path)
+        .env(THREADS_ENV, "1")
+        .env(ABORT_AFTER_ENV, rounds.to_string())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the child aborts");
+    (dir, path, output)
+}
+
 #[test]
 fn a_writer_recovers_appends_a_crashed_writer_logged_as_journal_frames() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = dir.path().join("crash.redb");
     // Plain appends after each run's first: journal frames, no durable commit after those.
-    let output = child_command(&std::env::current_exe().unwrap(), &path)
-        .env(THREADS_ENV, "1")
-        .env(ABORT_AFTER_ENV, "12")
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "the child aborts");
+    let (_dir, path, output) = aborted_child(12);
     let mut acked = [0u64; RUNS];
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let line = line.rsplit("... ").next().unwrap_or(line);
@@ -325,15 +332,8 @@ fn a_writer_reopens_a_crashed_store_without_rebuilding_the_allocator_state() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = dir.path().join("crash.redb");
     // Each run's first append is a durable commit, the later ones journal frames.
-    let output = child_command(&std::env::current_exe().unwrap(), &path)
-        .env(THREADS_ENV, "1")
-        .env(ABORT_AFTER_ENV, "5")
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "the child aborts");
+    let (_dir, path, _) = aborted_child(5);
     let writer = Store::open(&path, StoreOptions::default()).unwrap();
     // The durable commits recorded redb's allocator state: reopening loads it rather than
     // reading every table (what takes time in a large store).
