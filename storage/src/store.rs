@@ -612,9 +612,9 @@ impl Store {
     }
 
     /// Whether opening this store had redb rebuild its allocator state by reading every
-    /// table: a crash left the file without the state a durable commit records. Every
-    /// durable commit records it, so this is `true` only for a store last written by a
-    /// version that did not (or opened in a way that does not commit), and a warning is
+    /// table, which takes time in proportion to the store: a crash left the file without
+    /// the state a durable commit records. Every durable commit of this version records
+    /// it, so this is `true` only after a crash of a writer that did not. A warning is
     /// logged when it happens.
     pub fn repaired_at_open(&self) -> bool {
         self.inner.repaired_at_open

@@ -766,9 +766,7 @@ impl Frames {
         // kernel may have dropped.
         log.file.write_all_at(&self.bytes, log.end)?;
         log.file.sync_data()?;
-        log.prev = self.prev;
-        log.next_frame = self.next_frame;
-        log.end += self.len();
+        self.follow(log);
         Ok(())
     }
 
@@ -777,12 +775,17 @@ impl Frames {
     /// so a failed fdatasync of these must stop the log's writer (see
     /// [`UnsyncedFrame::sync`]).
     fn write_unsynced(self, log: &mut Log) -> io::Result<(u64, u64)> {
-        let at = log.end;
+        let (at, len) = (log.end, self.len());
         log.file.write_all_at(&self.bytes, at)?;
+        self.follow(log);
+        Ok((at, len))
+    }
+
+    /// Moves the log past these frames: the next frame chains from the last of them.
+    fn follow(self, log: &mut Log) {
         log.prev = self.prev;
         log.next_frame = self.next_frame;
         log.end += self.len();
-        Ok((at, self.len()))
     }
 }
 
