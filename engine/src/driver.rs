@@ -85,6 +85,31 @@ pub(crate) enum GateOutcome {
 }
 
 /// Where an agent invocation stands in its caller.
+/// What one invocation of a stateful agent adds to its thread memory (API.md §9.7): the
+/// prompt, each tool call with its result, the response. A stateless agent keeps nothing,
+/// so a long scripted or live invocation does not copy every call's arguments and result
+/// only to drop them when it returns.
+pub(crate) struct Conversation(Option<Vec<Value>>);
+
+impl Conversation {
+    fn new(stateful: bool, prompt: &str) -> Conversation {
+        Conversation(stateful.then(|| vec![json!({"role": "user", "text": prompt})]))
+    }
+
+    /// Adds the entry `entry` makes, if the conversation is kept.
+    pub(crate) fn push_with(&mut self, entry: impl FnOnce() -> Value) {
+        if let Some(entries) = &mut self.0 {
+            entries.push(entry());
+        }
+    }
+
+    /// Each entry as JSON text, or `None` for a stateless agent.
+    fn into_entries(self) -> Option<Vec<String>> {
+        self.0
+            .map(|entries| entries.iter().map(Value::to_string).collect())
+    }
+}
+
 pub(crate) struct Invocation<'a> {
     pub(crate) agent: &'a CompiledAgent,
     pub(crate) invocation_id: String,
@@ -429,7 +454,7 @@ impl Driver {
                 Vec::new()
             };
 
-            let mut conversation: Vec<Value> = vec![json!({"role": "user", "text": prompt})];
+            let mut conversation = Conversation::new(agent.stateful, prompt);
             let outcome = self
                 .agent_turns(&inv, prompt, &memory, &mut conversation)
                 .await?;
@@ -462,12 +487,10 @@ impl Driver {
                     )?;
                 }
             }
-            if agent.stateful && error.is_none() {
-                conversation.push(json!({"role": "assistant", "text": response}));
-                let entries = conversation
-                    .iter()
-                    .map(|entry| entry.to_string())
-                    .collect::<Vec<_>>();
+            if error.is_none() {
+                conversation.push_with(|| json!({"role": "assistant", "text": response}));
+            }
+            if let (Some(entries), None) = (conversation.into_entries(), &error) {
                 self.memory_out.push(IndexUpdate::AppendMemory {
                     tenant: self.tenant.clone(),
                     thread: inv.thread.clone(),
@@ -488,7 +511,7 @@ impl Driver {
         inv: &Invocation<'_>,
         prompt: &str,
         memory: &[Json],
-        conversation: &mut Vec<Value>,
+        conversation: &mut Conversation,
     ) -> Result<Result<String, String>, EngineError> {
         let agent = inv.agent;
         if self.shared.interpreter.is_deterministic() {
@@ -508,10 +531,12 @@ impl Driver {
                 if !outcome.is_error {
                     response.push_str(&outcome.value.to_string());
                 }
-                conversation.push(json!({
-                    "role": "tool", "id": call.id, "name": call.name,
-                    "args": parse_raw(&call.args), "result": outcome.value,
-                }));
+                conversation.push_with(|| {
+                    json!({
+                        "role": "tool", "id": call.id, "name": call.name,
+                        "args": parse_raw(&call.args), "result": outcome.value,
+                    })
+                });
             }
             if responded.finish_after_tools {
                 let event = finish_event_json(&responded.finish_reason, &responded.usage);

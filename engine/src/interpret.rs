@@ -22,21 +22,30 @@ pub(crate) enum TurnPlan {
 
 /// Parses a scripted prompt: `{"tool": ..., "args": ...}` or `{"script": [...]}`.
 /// Anything else is not a script and is echoed.
+/// The calls are taken out of the parsed prompt, not copied: a script carries every call's
+/// arguments, a megabyte for a thousand 1 KB steps.
 pub(crate) fn parse_script(prompt: &str) -> Option<Vec<(String, Value)>> {
-    let Ok(Value::Object(object)) = serde_json::from_str::<Value>(prompt) else {
+    let Ok(Value::Object(mut object)) = serde_json::from_str::<Value>(prompt) else {
         return None;
     };
-    let call = |item: &serde_json::Map<String, Value>| -> Option<(String, Value)> {
-        let tool = item.get("tool")?.as_str()?.to_owned();
-        Some((tool, item.get("args").cloned().unwrap_or(Value::Null)))
+    let call = |mut item: serde_json::Map<String, Value>| -> Option<(String, Value)> {
+        let Value::String(tool) = item.remove("tool")? else {
+            return None;
+        };
+        Some((tool, item.remove("args").unwrap_or(Value::Null)))
     };
     if object.contains_key("tool") {
-        return call(&object).map(|c| vec![c]);
+        return call(object).map(|c| vec![c]);
     }
-    let script = object.get("script")?.as_array()?;
+    let Value::Array(script) = object.remove("script")? else {
+        return None;
+    };
     script
-        .iter()
-        .map(|item| item.as_object().and_then(call))
+        .into_iter()
+        .map(|item| match item {
+            Value::Object(item) => call(item),
+            _ => None,
+        })
         .collect()
 }
 

@@ -12,7 +12,7 @@ use flowai_storage::payloads::{self, ChunkRecord, Json, ToolCallRecord, UsageRec
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::driver::{Driver, Invocation};
+use crate::driver::{Conversation, Driver, Invocation};
 use crate::error::EngineError;
 use crate::events::{Event, finish_event_json};
 use crate::providers::{
@@ -276,7 +276,7 @@ pub(crate) async fn agent_turns(
     inv: &Invocation<'_>,
     prompt: &str,
     memory: &[Json],
-    conversation: &mut Vec<Value>,
+    conversation: &mut Conversation,
 ) -> Result<Result<String, String>, EngineError> {
     let agent = inv.agent;
     let invocation_id = inv.invocation_id.as_str();
@@ -389,11 +389,13 @@ pub(crate) async fn agent_turns(
         });
         for call in &responded.tool_calls {
             let outcome = driver.run_tool_call(inv, call, false).await?;
-            conversation.push(json!({
-                "role": "tool", "id": call.id, "name": call.name,
-                "args": serde_json::from_str::<Value>(call.args.get()).unwrap_or(Value::Null),
-                "result": outcome.value,
-            }));
+            conversation.push_with(|| {
+                json!({
+                    "role": "tool", "id": call.id, "name": call.name,
+                    "args": serde_json::from_str::<Value>(call.args.get()).unwrap_or(Value::Null),
+                    "result": outcome.value,
+                })
+            });
             messages.push(ChatMessage::ToolResult {
                 tool_use_id: call.id.clone(),
                 content: outcome.value.to_string(),

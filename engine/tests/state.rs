@@ -83,6 +83,66 @@ async fn stateful_agents_load_completed_runs_of_their_thread() {
     );
 }
 
+/// A stateful agent's memory holds each tool call of a completed run with its arguments
+/// and result; a stateless agent's runs add nothing to the memory table.
+#[tokio::test]
+async fn thread_memory_keeps_the_tool_calls_of_stateful_agents_only() {
+    let store = Store::in_memory().unwrap();
+    let search = host_tool(
+        "solo",
+        "search",
+        json!({"type": "object", "properties": {"q": {"type": "string"}}}),
+        json!({"kind": "never"}),
+    );
+    let script = json!({"script": [
+        {"tool": "search", "args": {"q": "first"}},
+        {"tool": "search", "args": {"q": "second"}},
+    ]})
+    .to_string();
+    for stateful in [true, false] {
+        let mut solo = agent("solo", "specialist", &[]);
+        solo["stateful"] = json!(stateful);
+        let host =
+            TestHost::new().handler("search", |args| Ok(json!({"hits": [args["q"].clone()]})));
+        let built = build(
+            spec(if stateful { "acme" } else { "bolt" }, vec![solo]),
+            vec![search.clone()],
+            host,
+            store.clone(),
+            InterpreterChoice::Scripted,
+        )
+        .unwrap();
+        collect(
+            &mut built
+                .runtime
+                .run_specialist("solo", &script, Some("t1"), None)
+                .unwrap(),
+        )
+        .await;
+    }
+    let kept: Vec<Value> = store
+        .memory("acme", "t1", "solo")
+        .unwrap()
+        .iter()
+        .map(|text| serde_json::from_str(text).unwrap())
+        .collect();
+    let tools: Vec<(&Value, &Value)> = kept
+        .iter()
+        .filter(|entry| entry["role"] == "tool")
+        .map(|entry| (&entry["args"], &entry["result"]))
+        .collect();
+    assert_eq!(
+        tools,
+        [
+            (&json!({"q": "first"}), &json!({"hits": ["first"]})),
+            (&json!({"q": "second"}), &json!({"hits": ["second"]})),
+        ]
+    );
+    assert_eq!(kept.first().unwrap()["role"], "user");
+    assert_eq!(kept.last().unwrap()["role"], "assistant");
+    assert!(store.memory("bolt", "t1", "solo").unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn references_are_tenant_scoped_validated_and_expire() {
     let store = Store::in_memory().unwrap();
