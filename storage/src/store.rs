@@ -956,7 +956,11 @@ fn journal_frames_are_held(db: &Db, wal: &WalBackend, label: &str) -> Result<boo
     for body in wal.journal_tail() {
         let entries = writer::decode_journal_body(&body)
             .map_err(|e| StoreError::corrupt(label, "write-ahead log journal frame", e))?;
-        for (run, first_seq, records) in entries {
+        for entry in entries {
+            // An entry of index updates is held when the records before it are.
+            let writer::JournalEntry::Records(run, first_seq, records) = entry else {
+                continue;
+            };
             let last = crate::read::last_seq_in(&journal, run).db(label)?;
             if first_seq + records.len() as u64 > last + 1 {
                 return Ok(false);
@@ -1303,6 +1307,69 @@ mod tests {
             let store = Store::open_read_only(&path).unwrap();
             assert_eq!(store.last_seq(run).unwrap(), 1, "{durability:?}");
         }
+    }
+
+    /// A run's start and end (records with index updates and checks) go to journal frames
+    /// like its steps; a batch too large for one, or one that writes no record, commits
+    /// durably.
+    #[test]
+    fn which_batches_go_to_journal_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_store(&dir, "frames.redb", Durability::Immediate);
+        let non_durable = || store.shared().gate_for_test().non_durable;
+        let run = ulid::Ulid(0x0190_0000_0000u128 << 80);
+        let meta = crate::RunMeta {
+            run_id: run,
+            tenant: "t".into(),
+            thread: "th".into(),
+            agent: "a".into(),
+            status: crate::RunStatus::Running,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            parent: None,
+        };
+        let mut start = request(run, Some(1), 1);
+        start.index_updates = vec![crate::IndexUpdate::CreateRun(meta)];
+        start.precondition = crate::Precondition::RunAbsent(run);
+        store.append_blocking(start).unwrap();
+        assert_eq!(non_durable(), 1, "the start went to a journal frame");
+
+        let mut large = request(run, Some(2), 1);
+        if let Some(append) = &mut large.run {
+            append.records[0].payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(100_000));
+        }
+        store.append_blocking(large).unwrap();
+        assert_eq!(non_durable(), 0, "a 100 KB batch committed durably");
+
+        let mut end = request(run, Some(3), 1);
+        end.index_updates = vec![crate::IndexUpdate::SetRunStatus {
+            run_id: run,
+            status: crate::RunStatus::Completed,
+            at_ms: 2,
+        }];
+        store.append_blocking(end).unwrap();
+        assert_eq!(non_durable(), 1, "the end went to a journal frame");
+
+        store
+            .append_blocking(AppendRequest {
+                index_updates: vec![crate::IndexUpdate::PutSpec {
+                    hash: "h".into(),
+                    json: "{}".into(),
+                }],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            non_durable(),
+            0,
+            "a batch without records committed durably"
+        );
+        let info = store.run(run).unwrap().unwrap();
+        assert_eq!(
+            (info.meta.status, info.records),
+            (crate::RunStatus::Completed, 3)
+        );
+        store.close().unwrap();
     }
 
     #[test]

@@ -137,7 +137,7 @@ impl FromStr for ApprovalStatus {
 }
 
 /// The `runs` row of a run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunMeta {
     pub run_id: RunId,
     pub tenant: String,
@@ -169,7 +169,7 @@ pub struct RunFilter {
     pub limit: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalRow {
     pub id: String,
     pub tenant: String,
@@ -179,7 +179,7 @@ pub struct ApprovalRow {
     pub status: ApprovalStatus,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanRow {
     pub tenant: String,
     pub plan_id: String,
@@ -191,7 +191,7 @@ pub struct PlanRow {
     pub seq: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReferenceEntry {
     pub tenant: String,
     pub kind: String,
@@ -256,7 +256,9 @@ pub enum Precondition {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Serialized (serde's default JSON shape) into journal frames, which a restart replays:
+/// renaming a variant or field changes the frame format (FORMAT.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IndexUpdate {
     /// Inserts the runs row; [`crate::StoreError::RunExists`] if there is one.
     CreateRun(RunMeta),

@@ -52,7 +52,7 @@ const MAX_LINGER: Duration = Duration::from_millis(1);
 /// time, so a count is the right trigger.
 pub(crate) const MEMORY_DURABLE_EVERY: u32 = 64;
 
-/// A file store logging plain appends as journal frames (see [`Shared::commit`]) makes one
+/// A file store logging appends as journal frames (see [`Shared::commit`]) makes one
 /// commit in this many durable anyway: redb keeps per-commit bookkeeping of non-durable
 /// commits until a durable one (as in memory), and a durable commit bounds the frames a
 /// restart replays.
@@ -183,6 +183,8 @@ enum JournalFrame {
     /// Not written (it does not fit in the log, or building or writing it failed): the
     /// batch needs a durable commit instead.
     Unwritten(String),
+    /// Larger than [`JOURNAL_FRAME_MAX`]: the batch's own commit was made durable.
+    Replaced,
 }
 
 impl Committed {
@@ -212,10 +214,21 @@ impl Committed {
 /// An append with nothing to check but its records' seqs: no precondition, no index
 /// update, at least one record.
 fn is_plain_append(req: &AppendRequest) -> bool {
-    req.precondition == Precondition::None
-        && req.index_updates.is_empty()
-        && req.run.as_ref().is_some_and(|r| !r.records.is_empty())
+    req.precondition == Precondition::None && req.index_updates.is_empty() && is_journaled(req)
 }
+
+/// Whether a journal frame can make `req` durable: it appends records, which tell a replay
+/// whether the store already holds the frame (one frame is one transaction). Its checks
+/// run in the transaction as for any commit, and its index updates ride in the frame.
+fn is_journaled(req: &AppendRequest) -> bool {
+    req.run.as_ref().is_some_and(|r| !r.records.is_empty())
+}
+
+/// Run id of a journal-frame entry that holds the index updates of the request whose
+/// records come just before it: all ones, a ULID no clock reaches (year 10889). A build
+/// that predates such entries takes it for a run whose records do not continue the store's
+/// journal, and refuses the log rather than drop them.
+const UPDATES_ENTRY: u128 = u128::MAX;
 
 /// One entry of a journal frame's body: run id (16 bytes LE), first seq (u64 LE), record
 /// count (u32 LE), then per record its encoded length (u32 LE) and bytes (as stored).
@@ -228,11 +241,30 @@ fn push_journal_entry(
     let Some((first_seq, _)) = records.first() else {
         return Ok(());
     };
-    body.extend_from_slice(&run.0.to_le_bytes());
+    push_entry(
+        body,
+        run.0,
+        *first_seq,
+        records.iter().map(|(_, bytes)| bytes.as_slice()),
+    )
+}
+
+/// The entry holding one request's index updates (each as JSON), after its records.
+fn push_updates_entry(body: &mut Vec<u8>, updates: &[Vec<u8>]) -> Result<(), String> {
+    push_entry(body, UPDATES_ENTRY, 0, updates.iter().map(Vec::as_slice))
+}
+
+fn push_entry<'a>(
+    body: &mut Vec<u8>,
+    run: u128,
+    first_seq: u64,
+    items: impl ExactSizeIterator<Item = &'a [u8]>,
+) -> Result<(), String> {
+    body.extend_from_slice(&run.to_le_bytes());
     body.extend_from_slice(&first_seq.to_le_bytes());
-    let count = u32::try_from(records.len()).map_err(|_| "too many records".to_owned())?;
+    let count = u32::try_from(items.len()).map_err(|_| "too many records".to_owned())?;
     body.extend_from_slice(&count.to_le_bytes());
-    for (_, bytes) in records {
+    for bytes in items {
         let len = u32::try_from(bytes.len()).map_err(|_| "record too large".to_owned())?;
         body.extend_from_slice(&len.to_le_bytes());
         body.extend_from_slice(bytes);
@@ -240,9 +272,13 @@ fn push_journal_entry(
     Ok(())
 }
 
-/// The entries of a journal frame's body: (run, first seq, encoded records).
-/// One run's appends in a journal frame: run, first seq, encoded records.
-pub(crate) type JournalEntry<'a> = (RunId, u64, Vec<&'a [u8]>);
+/// One entry of a journal frame's body.
+pub(crate) enum JournalEntry<'a> {
+    /// One request's appends: run, first seq, encoded records.
+    Records(RunId, u64, Vec<&'a [u8]>),
+    /// The index updates (JSON) of the request whose records come just before.
+    Updates(Vec<&'a [u8]>),
+}
 
 pub(crate) fn decode_journal_body(body: &[u8]) -> Result<Vec<JournalEntry<'_>>, String> {
     fn take<'a>(body: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], String> {
@@ -267,11 +303,20 @@ pub(crate) fn decode_journal_body(body: &[u8]) -> Result<Vec<JournalEntry<'_>>, 
             len.copy_from_slice(take(body, &mut at, 4)?);
             records.push(take(body, &mut at, u32::from_le_bytes(len) as usize)?);
         }
-        entries.push((
-            ulid::Ulid(u128::from_le_bytes(run)),
-            u64::from_le_bytes(seq),
-            records,
-        ));
+        let run = u128::from_le_bytes(run);
+        if run != UPDATES_ENTRY {
+            entries.push(JournalEntry::Records(
+                ulid::Ulid(run),
+                u64::from_le_bytes(seq),
+                records,
+            ));
+        } else if matches!(entries.last(), Some(JournalEntry::Records(..))) {
+            entries.push(JournalEntry::Updates(records));
+        } else {
+            return Err(String::from(
+                "journal frame has index updates that follow no records",
+            ));
+        }
     }
     Ok(entries)
 }
@@ -306,7 +351,7 @@ impl Shared {
         }
     }
 
-    /// Lets `immediate` commits of plain appends go to the store's write-ahead log as
+    /// Lets `immediate` commits of appends go to the store's write-ahead log as
     /// journal frames (see [`Shared::commit`]).
     pub(crate) fn set_journal_log(&self, wal: Arc<crate::wal::WalBackend>) {
         let _ = self.journal_log.set(wal);
@@ -452,16 +497,17 @@ impl Shared {
         } else {
             Vec::new()
         };
-        // A file store's batch of plain appends (records only, nothing to check beyond
-        // their seqs) commits without durability, then goes to the write-ahead log as one
-        // journal frame and one fdatasync: a fraction of a durable redb commit's bytes and
-        // CPU. A restart replays the frames after the last durable commit (FORMAT.md).
+        // A file store's batch of appends that each write records (with their checks and
+        // index updates: a run's start and end, an approval, a plan transition, a step)
+        // commits without durability, then goes to the write-ahead log as one journal
+        // frame and one fdatasync: a fraction of a durable redb commit's bytes and CPU. A
+        // restart replays the frames after the last durable commit (FORMAT.md).
         let journal_log = self.journal_log.get().filter(|_| {
             self.policy == Policy::Immediate
                 && state.non_durable + 1 < JOURNALED_DURABLE_EVERY
                 && !batch.is_empty()
                 && batch.iter().all(|msg| match msg {
-                    Msg::Append(req, _) => is_plain_append(req),
+                    Msg::Append(req, _) => is_journaled(req),
                     Msg::Gc(..) | Msg::Wake => false,
                 })
         });
@@ -493,6 +539,7 @@ impl Shared {
             u64::try_from(committed.took.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        let durable = durable || matches!(committed.journal_frame, JournalFrame::Replaced);
         if committed.ok {
             if durable {
                 state.unsynced_since = None;
@@ -517,7 +564,7 @@ impl Shared {
         committed
     }
 
-    /// Makes a non-durable batch of plain appends durable: its journal frame, written
+    /// Makes a non-durable batch of appends durable: its journal frame, written
     /// before the redb commit, is synced; a batch whose frame was not written gets a
     /// durable commit instead. If that fails, or the frame's fdatasync or the redb commit
     /// after it does, the batch fails and the store is poisoned: its appends are visible
@@ -532,7 +579,7 @@ impl Shared {
     ) {
         let frame = std::mem::replace(&mut committed.journal_frame, JournalFrame::None);
         let not_logged = match frame {
-            JournalFrame::None => return,
+            JournalFrame::None | JournalFrame::Replaced => return,
             // A failed fdatasync leaves the frame in doubt, with the log moved past it: a
             // durable commit written after it could be cut off from replay with it.
             JournalFrame::Written(frame) if committed.ok => {
@@ -874,7 +921,8 @@ fn drain(rx: &Receiver<Msg>, batch: &mut Vec<Msg>) {
 /// Has a durable commit record redb's allocator state (redb's quick repair, which commits
 /// in two phases): after a crash, a writer's open loads that state instead of walking every
 /// table to rebuild it, which took ≈ 0.8 ms per MB of store here (BENCHMARKS.md). The price
-/// is a second fdatasync per durable commit: a run's first and last, one step in 64.
+/// is a second fdatasync per durable commit: the open's, one commit in 64, and a batch that
+/// cannot go to a journal frame.
 pub(crate) fn record_allocator_state(txn: &mut redb::WriteTransaction) {
     txn.set_quick_repair(true);
 }
@@ -1020,11 +1068,20 @@ fn run_batch(db: &redb::Database, batch: Vec<Msg>, mode: BatchMode, label: &str)
             && fatal.is_none()
             && (wrote || !skip_if_nothing_written)
         {
-            // Written now, so that its writeback runs during the redb commit.
-            committed.journal_frame = write_journal_frame(wal, body);
+            committed.journal_frame = match body {
+                Some(Ok(body)) if body.len() > JOURNAL_FRAME_MAX => JournalFrame::Replaced,
+                // Written now, so that its writeback runs during the redb commit.
+                body => write_journal_frame(wal, body),
+            };
         }
         fatal
     };
+    if matches!(committed.journal_frame, JournalFrame::Replaced) {
+        if let Err(e) = txn.set_durability(redb::Durability::Immediate) {
+            tracing::warn!(store = label, error = %e, "durable commit refused");
+        }
+        record_allocator_state(&mut txn);
+    }
     if let Some(err) = fatal {
         // A storage error part way through leaves the transaction unusable: abort it and fail
         // every request of the batch, including those not reached yet.
@@ -1046,6 +1103,14 @@ fn run_batch(db: &redb::Database, batch: Vec<Msg>, mode: BatchMode, label: &str)
     }
     committed
 }
+
+/// The largest journal frame body a batch is logged with; a larger batch commits durably
+/// instead.
+/// Its bytes are written twice, in the frame and later by the durable commit that covers
+/// it, and past ≈ 100 KB that costs more than the fdatasyncs the frame saves: a run whose
+/// 435 KB start went to a frame saved 0.4 ms there and added 1.5 ms to the durable commit
+/// 64 steps later (BENCHMARKS.md).
+const JOURNAL_FRAME_MAX: usize = 64 << 10;
 
 /// Writes a batch's journal frame (`body`, as [`Writes`] built it) to the log.
 fn write_journal_frame(
@@ -1333,10 +1398,38 @@ impl<'t> Writes<'t> {
                 self.journal_frame = Some(Err(e));
             }
         }
+        let journaling = !encoded.is_empty() && matches!(self.journal_frame, Some(Ok(_)));
+        let mut logged = Vec::new();
         for update in index_updates {
+            if journaling && !self.is_known_spec(&update)? {
+                match serde_json::to_vec(&update) {
+                    Ok(json) => logged.push(json),
+                    Err(e) => self.journal_frame = Some(Err(format!("index update: {e}"))),
+                }
+            }
             self.apply_update(update)?;
         }
+        if !logged.is_empty()
+            && let Some(Ok(body)) = &mut self.journal_frame
+            && let Err(e) = push_updates_entry(body, &logged)
+        {
+            self.journal_frame = Some(Err(e));
+        }
         Ok(Ok(ack))
+    }
+
+    /// A spec the store holds already: storing it again changes nothing, so a journal frame
+    /// need not carry its text.
+    fn is_known_spec(&mut self, update: &IndexUpdate) -> Result<bool, StoreError> {
+        let IndexUpdate::PutSpec { hash, .. } = update else {
+            return Ok(false);
+        };
+        let label = self.label;
+        Ok(self
+            .specs()?
+            .get(hash.as_str())
+            .map_err(|e| StoreError::db(label, e))?
+            .is_some())
     }
 
     /// Writes the appends of a journal frame found after the last durable commit (see
@@ -1346,11 +1439,30 @@ impl<'t> Writes<'t> {
         let entries = decode_journal_body(body)
             .map_err(|e| StoreError::corrupt(label, "write-ahead log journal frame", e))?;
         let mut written = 0;
-        for (run, first_seq, records) in entries {
+        // Whether the store held the records of the request an updates entry belongs to
+        // (and with them its updates: one frame is one transaction).
+        let mut held = false;
+        for entry in entries {
+            let (run, first_seq, records) = match entry {
+                JournalEntry::Records(run, first_seq, records) => (run, first_seq, records),
+                JournalEntry::Updates(updates) => {
+                    if !held {
+                        for json in updates {
+                            let update =
+                                serde_json::from_slice::<IndexUpdate>(json).map_err(|e| {
+                                    StoreError::corrupt(label, "index update of a journal frame", e)
+                                })?;
+                            self.apply_update(update)?;
+                        }
+                    }
+                    continue;
+                }
+            };
             let last = self.last_seq(run)?;
             let count = records.len() as u64;
             // A frame the durable state already holds (one request commits whole).
-            if count > 0 && first_seq + count - 1 <= last {
+            held = count > 0 && first_seq + count - 1 <= last;
+            if held {
                 continue;
             }
             if first_seq != last + 1 {
@@ -1808,6 +1920,121 @@ mod tests {
         }
         assert!(commit_batch(&db, batch, true, "<test>"));
         receivers.into_iter().map(|rx| rx.recv().unwrap()).collect()
+    }
+
+    /// The body of the journal frame `reqs` make when committed as one batch in `store`.
+    fn frame_of(store: &Store, reqs: Vec<AppendRequest>) -> Vec<u8> {
+        let db = store.raw_db().unwrap();
+        let txn = db.begin_write().unwrap();
+        let body = {
+            let mut writes = Writes::new(&txn, "<test>");
+            writes.journal_frame = Some(Ok(Vec::new()));
+            for req in reqs {
+                writes.append(req).unwrap().unwrap();
+            }
+            writes.journal_frame.take().unwrap().unwrap()
+        };
+        txn.commit().unwrap();
+        body
+    }
+
+    fn replay(store: &Store, body: &[u8]) -> usize {
+        let db = store.raw_db().unwrap();
+        let txn = db.begin_write().unwrap();
+        let written = Writes::new(&txn, "<test>")
+            .replay_journal_frame(body)
+            .unwrap();
+        txn.commit().unwrap();
+        written
+    }
+
+    /// A journal frame carries the index updates of its requests: replayed onto a store
+    /// without them it writes the rows, and replayed onto a store that holds the frame it
+    /// writes nothing (thread memory would otherwise be appended twice).
+    #[test]
+    fn journal_frames_carry_index_updates_and_replay_them_once() {
+        let run = ulid::Ulid(0x0190_0000_0000u128 << 80);
+        let mut start = append_to(run, Some(1), 2, Precondition::RunAbsent(run));
+        start.index_updates = vec![
+            IndexUpdate::CreateRun(meta(run, RunStatus::Running)),
+            IndexUpdate::PutSpec {
+                hash: "h1".into(),
+                json: "{\"spec\":1}".into(),
+            },
+        ];
+        let mut end = append_to(run, Some(3), 1, Precondition::None);
+        end.index_updates = vec![
+            IndexUpdate::SetRunStatus {
+                run_id: run,
+                status: RunStatus::Completed,
+                at_ms: 9,
+            },
+            IndexUpdate::AppendMemory {
+                tenant: "t".into(),
+                thread: "th".into(),
+                agent: "a".into(),
+                entries: vec!["{\"role\":\"user\"}".into()],
+            },
+        ];
+        let live = Store::in_memory().unwrap();
+        let body = frame_of(&live, vec![start, end]);
+        let entries = decode_journal_body(&body).unwrap();
+        assert!(matches!(
+            entries.as_slice(),
+            [
+                JournalEntry::Records(_, 1, _),
+                JournalEntry::Updates(a),
+                JournalEntry::Records(_, 3, _),
+                JournalEntry::Updates(b),
+            ] if a.len() == 2 && b.len() == 2
+        ));
+
+        assert_eq!(replay(&live, &body), 0, "the live store holds the frame");
+        assert_eq!(live.memory("t", "th", "a").unwrap().len(), 1);
+
+        let recovered = Store::in_memory().unwrap();
+        assert_eq!(replay(&recovered, &body), 3);
+        let info = recovered.run(run).unwrap().unwrap();
+        assert_eq!((info.meta.status, info.records), (RunStatus::Completed, 3));
+        assert_eq!(
+            recovered.spec("h1").unwrap().as_deref(),
+            Some("{\"spec\":1}")
+        );
+        assert_eq!(
+            recovered.memory("t", "th", "a").unwrap(),
+            ["{\"role\":\"user\"}"]
+        );
+        assert_eq!(
+            recovered
+                .list_runs(&crate::RunFilter {
+                    status: Some(RunStatus::Completed),
+                    ..Default::default()
+                })
+                .unwrap()
+                .len(),
+            1,
+            "the status index follows the replayed status"
+        );
+
+        // A spec the store holds already is not carried again.
+        let mut again = append_to(ulid::Ulid(5), Some(1), 1, Precondition::None);
+        again.index_updates = vec![IndexUpdate::PutSpec {
+            hash: "h1".into(),
+            json: "{\"spec\":1}".into(),
+        }];
+        let body = frame_of(&live, vec![again]);
+        assert!(matches!(
+            decode_journal_body(&body).unwrap().as_slice(),
+            [JournalEntry::Records(..)]
+        ));
+    }
+
+    /// Index updates that follow no records are a malformed frame, not something to apply.
+    #[test]
+    fn an_updates_entry_without_records_before_it_is_refused() {
+        let mut body = Vec::new();
+        push_updates_entry(&mut body, &[b"{}".to_vec()]).unwrap();
+        assert!(decode_journal_body(&body).is_err());
     }
 
     /// A batch whose every request failed its checks commits nothing (no fsync for it),
