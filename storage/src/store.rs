@@ -1336,10 +1336,10 @@ mod tests {
 
         let mut large = request(run, Some(2), 1);
         if let Some(append) = &mut large.run {
-            append.records[0].payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(100_000));
+            append.records[0].payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(300_000));
         }
         store.append_blocking(large).unwrap();
-        assert_eq!(non_durable(), 0, "a 100 KB batch committed durably");
+        assert_eq!(non_durable(), 0, "a 300 KB batch committed durably");
 
         let mut end = request(run, Some(3), 1);
         end.index_updates = vec![crate::IndexUpdate::SetRunStatus {
