@@ -1318,18 +1318,7 @@ mod tests {
         let store = file_store(&dir, "frames.redb", Durability::Immediate);
         let non_durable = || store.shared().gate_for_test().non_durable;
         let run = ulid::Ulid(0x0190_0000_0000u128 << 80);
-        let meta = crate::RunMeta {
-            run_id: run,
-            tenant: "t".into(),
-            thread: "th".into(),
-            agent: "a".into(),
-            status: crate::RunStatus::Running,
-            created_at_ms: 1,
-            updated_at_ms: 1,
-            parent: None,
-        };
-        let mut start = request(run, Some(1), 1);
-        start.index_updates = vec![crate::IndexUpdate::CreateRun(meta)];
+        let mut start = create_run(run);
         start.precondition = crate::Precondition::RunAbsent(run);
         store.append_blocking(start).unwrap();
         assert_eq!(non_durable(), 1, "the start went to a journal frame");
