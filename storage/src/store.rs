@@ -1361,6 +1361,33 @@ mod tests {
         store.close().unwrap();
     }
 
+    /// Journal frames no durable commit covers yet are kept in memory by the log: once they
+    /// pass `JOURNALED_BYTES_MAX`, the next batch commits durably, well before one in 256.
+    #[test]
+    fn outstanding_journal_frames_are_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_store(&dir, "bounded.redb", Durability::Immediate);
+        let run = ulid::Ulid(0x0190_0000_0000u128 << 80);
+        let mut most = 0;
+        for seq in 1..=24u64 {
+            let mut req = request(run, Some(seq), 1);
+            if let Some(append) = &mut req.run {
+                append.records[0].payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(240_000));
+            }
+            store.append_blocking(req).unwrap();
+            most = most.max(store.shared().gate_for_test().non_durable);
+        }
+        let per_frame = 240_000;
+        assert!(
+            (crate::writer::JOURNALED_BYTES_MAX / per_frame
+                ..=crate::writer::JOURNALED_BYTES_MAX / per_frame + 1)
+                .contains(&(most as usize)),
+            "{most} frames outstanding at most"
+        );
+        assert_eq!(store.records(run, 1).unwrap().len(), 24);
+        store.close().unwrap();
+    }
+
     #[test]
     fn eventual_inline_commits_are_made_durable_by_the_writer() {
         let dir = tempfile::tempdir().unwrap();

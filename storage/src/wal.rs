@@ -463,6 +463,11 @@ impl WalBackend {
         !self.read_state().journal.is_empty()
     }
 
+    /// The bytes of the journal frames not known to be covered by a durable commit.
+    pub(crate) fn journal_bytes(&self) -> usize {
+        self.read_state().journal.iter().map(Vec::len).sum()
+    }
+
     /// The journal frames not known to be covered by a durable commit (all of them, in
     /// order, right after open: applying one already covered is a no-op).
     pub(crate) fn journal_tail(&self) -> Vec<Vec<u8>> {
@@ -628,7 +633,7 @@ impl WalBackend {
                 log.capacity = grown;
             }
             start_generation(log, fingerprint(&self.main)?)?;
-            // One write and one fdatasync for all of them: up to 63 frames, which one by
+            // One write and one fdatasync for all of them: up to 255 frames, which one by
             // one made a checkpoint's longest part.
             let mut frames = Frames::after(log);
             for body in &state.journal {

@@ -55,8 +55,14 @@ pub(crate) const MEMORY_DURABLE_EVERY: u32 = 64;
 /// A file store logging appends as journal frames (see [`Shared::commit`]) makes one
 /// commit in this many durable anyway: redb keeps per-commit bookkeeping of non-durable
 /// commits until a durable one (as in memory), and a durable commit bounds the frames a
-/// restart replays.
-pub(crate) const JOURNALED_DURABLE_EVERY: u32 = 64;
+/// restart replays. A durable commit costs ≈ 0.8 ms on the peers workload; one in 256
+/// rather than 64 made its 100-step runs 0.279 against 0.297 ms per step and its
+/// 1,000-step runs 0.299 against 0.308 (alternated, BENCHMARKS.md), with stores no larger.
+pub(crate) const JOURNALED_DURABLE_EVERY: u32 = 256;
+
+/// ... and sooner once the journal frames no durable commit covers yet pass this many
+/// bytes: the log keeps them in memory until then (a checkpoint writes them again).
+pub(crate) const JOURNALED_BYTES_MAX: usize = 4 << 20;
 
 /// Single-request writer batches in a row (each finding nothing else queued) after which
 /// appenders commit inline again (see [`Shared::enter_inline`]).
@@ -505,6 +511,10 @@ impl Shared {
         let journal_log = self.journal_log.get().filter(|_| {
             self.policy == Policy::Immediate
                 && state.non_durable + 1 < JOURNALED_DURABLE_EVERY
+                && self
+                    .journal_log
+                    .get()
+                    .is_some_and(|wal| wal.journal_bytes() < JOURNALED_BYTES_MAX)
                 && !batch.is_empty()
                 && batch.iter().all(|msg| match msg {
                     Msg::Append(req, _) => is_journaled(req),
@@ -921,7 +931,7 @@ fn drain(rx: &Receiver<Msg>, batch: &mut Vec<Msg>) {
 /// Has a durable commit record redb's allocator state (redb's quick repair, which commits
 /// in two phases): after a crash, a writer's open loads that state instead of walking every
 /// table to rebuild it, which took ≈ 0.8 ms per MB of store here (BENCHMARKS.md). The price
-/// is a second fdatasync per durable commit: the open's, one commit in 64, and a batch that
+/// is a second fdatasync per durable commit: the open's, one commit in 256, and a batch that
 /// cannot go to a journal frame.
 pub(crate) fn record_allocator_state(txn: &mut redb::WriteTransaction) {
     txn.set_quick_repair(true);
