@@ -84,7 +84,6 @@ pub(crate) enum GateOutcome {
     Decided(payloads::ApprovalDecided),
 }
 
-/// Where an agent invocation stands in its caller.
 /// What one invocation of a stateful agent adds to its thread memory (API.md §9.7): the
 /// prompt, each tool call with its result, the response. A stateless agent keeps nothing,
 /// so a long scripted or live invocation does not copy every call's arguments and result
@@ -110,6 +109,7 @@ impl Conversation {
     }
 }
 
+/// Where an agent invocation stands in its caller.
 pub(crate) struct Invocation<'a> {
     pub(crate) agent: &'a CompiledAgent,
     pub(crate) invocation_id: String,
@@ -489,14 +489,14 @@ impl Driver {
             }
             if error.is_none() {
                 conversation.push_with(|| json!({"role": "assistant", "text": response}));
-            }
-            if let (Some(entries), None) = (conversation.into_entries(), &error) {
-                self.memory_out.push(IndexUpdate::AppendMemory {
-                    tenant: self.tenant.clone(),
-                    thread: inv.thread.clone(),
-                    agent: agent.name.clone(),
-                    entries,
-                });
+                if let Some(entries) = conversation.into_entries() {
+                    self.memory_out.push(IndexUpdate::AppendMemory {
+                        tenant: self.tenant.clone(),
+                        thread: inv.thread.clone(),
+                        agent: agent.name.clone(),
+                        entries,
+                    });
+                }
             }
             Ok(match error {
                 None => Ok(response),

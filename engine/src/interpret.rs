@@ -22,6 +22,7 @@ pub(crate) enum TurnPlan {
 
 /// Parses a scripted prompt: `{"tool": ..., "args": ...}` or `{"script": [...]}`.
 /// Anything else is not a script and is echoed.
+///
 /// The calls are taken out of the parsed prompt, not copied: a script carries every call's
 /// arguments, a megabyte for a thousand 1 KB steps.
 pub(crate) fn parse_script(prompt: &str) -> Option<Vec<(String, Value)>> {
