@@ -1361,6 +1361,47 @@ mod tests {
         store.close().unwrap();
     }
 
+    /// A reference sweep that finds nothing expired commits nothing (each runtime's first
+    /// run asks for one); one that removes a reference commits durably.
+    #[test]
+    fn a_sweep_with_nothing_expired_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_store(&dir, "sweep.redb", Durability::Immediate);
+        let non_durable = || store.shared().gate_for_test().non_durable;
+        store
+            .append_blocking(request(ulid::Ulid(9), Some(1), 1))
+            .unwrap();
+        assert_eq!(non_durable(), 1);
+        assert_eq!(store.gc_references_blocking(1_000).unwrap(), 0);
+        assert_eq!(non_durable(), 1, "the empty sweep made a durable commit");
+
+        store
+            .append_blocking(AppendRequest {
+                index_updates: vec![crate::IndexUpdate::PutReference(crate::ReferenceEntry {
+                    tenant: "t".into(),
+                    kind: "K".into(),
+                    id: "r1".into(),
+                    value: "{}".into(),
+                    glimpse: "{}".into(),
+                    created_at_ms: 1,
+                    expires_at_ms: Some(500),
+                })],
+                ..Default::default()
+            })
+            .unwrap();
+        store
+            .append_blocking(request(ulid::Ulid(9), Some(2), 1))
+            .unwrap();
+        assert_eq!(non_durable(), 1);
+        assert_eq!(store.gc_references_blocking(1_000).unwrap(), 1);
+        assert_eq!(
+            non_durable(),
+            0,
+            "the sweep that removed one committed durably"
+        );
+        store.close().unwrap();
+    }
+
     /// Journal frames no durable commit covers yet are kept in memory by the log: once they
     /// pass `JOURNALED_BYTES_MAX`, the next batch commits durably, well before one in 256.
     #[test]

@@ -1060,7 +1060,10 @@ fn run_batch(db: &redb::Database, batch: Vec<Msg>, mode: BatchMode, label: &str)
                 },
                 Msg::Gc(now, reply) => match w.gc(now) {
                     Ok(n) => {
-                        wrote = true;
+                        // A sweep that found nothing expired (every runtime's first run
+                        // asks for one) commits nothing: no durable commit beside the run's
+                        // start.
+                        wrote |= n > 0;
                         pending.push(Pending::Gc(reply, Ok(n)));
                     }
                     Err(e) => {
