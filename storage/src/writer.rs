@@ -508,13 +508,10 @@ impl Shared {
         // commits without durability, then goes to the write-ahead log as one journal
         // frame and one fdatasync: a fraction of a durable redb commit's bytes and CPU. A
         // restart replays the frames after the last durable commit (FORMAT.md).
-        let journal_log = self.journal_log.get().filter(|_| {
+        let journal_log = self.journal_log.get().filter(|wal| {
             self.policy == Policy::Immediate
                 && state.non_durable + 1 < JOURNALED_DURABLE_EVERY
-                && self
-                    .journal_log
-                    .get()
-                    .is_some_and(|wal| wal.journal_bytes() < JOURNALED_BYTES_MAX)
+                && wal.journal_bytes() < JOURNALED_BYTES_MAX
                 && !batch.is_empty()
                 && batch.iter().all(|msg| match msg {
                     Msg::Append(req, _) => is_journaled(req),
