@@ -186,10 +186,8 @@ enum JournalFrame {
     None,
     /// Written to the log before the redb commit; durable once synced.
     Written(crate::wal::UnsyncedFrame),
-    /// Not written (it does not fit in the log, or building or writing it failed): the
-    /// batch needs a durable commit instead.
-    Unwritten(String),
-    /// Larger than [`JOURNAL_FRAME_MAX`]: the batch's own commit was made durable.
+    /// Not written (larger than [`JOURNAL_FRAME_MAX`], it does not fit in the log, or
+    /// building or writing it failed): the batch's own commit was made durable instead.
     Replaced,
 }
 
@@ -565,28 +563,20 @@ impl Shared {
         if self.policy == Policy::Memory {
             self.track_memory_appends(state, &mut committed, &runs, label);
         }
-        if let Some(wal) = journal_log {
-            self.settle_journal_frame(state, db, wal, &mut committed, label);
+        if journal_log.is_some() {
+            self.settle_journal_frame(state, &mut committed, label);
         }
         committed
     }
 
-    /// Makes a non-durable batch of appends durable: its journal frame, written
-    /// before the redb commit, is synced; a batch whose frame was not written gets a
-    /// durable commit instead. If that fails, or the frame's fdatasync or the redb commit
-    /// after it does, the batch fails and the store is poisoned: its appends are visible
-    /// in this process (or in the log) and must not be followed by others.
-    fn settle_journal_frame(
-        &self,
-        state: &mut SyncState,
-        db: &redb::Database,
-        wal: &crate::wal::WalBackend,
-        committed: &mut Committed,
-        label: &str,
-    ) {
+    /// Makes a non-durable batch of appends durable: its journal frame, written before the
+    /// redb commit, is synced. If the frame's fdatasync or the redb commit after it fails,
+    /// the batch fails and the store is poisoned: its appends are visible in this process
+    /// (or in the log) and must not be followed by others.
+    fn settle_journal_frame(&self, state: &mut SyncState, committed: &mut Committed, label: &str) {
         let frame = std::mem::replace(&mut committed.journal_frame, JournalFrame::None);
-        let not_logged = match frame {
-            JournalFrame::None | JournalFrame::Replaced => return,
+        match frame {
+            JournalFrame::None | JournalFrame::Replaced => {}
             // A failed fdatasync leaves the frame in doubt, with the log moved past it: a
             // durable commit written after it could be cut off from replay with it.
             JournalFrame::Written(frame) if committed.ok => {
@@ -598,7 +588,6 @@ impl Shared {
                         &format!("the journal frame could not be made durable ({e})"),
                     );
                 }
-                return;
             }
             // The frame's records are in the log but not in redb: nothing may follow them.
             JournalFrame::Written(_) => {
@@ -608,22 +597,8 @@ impl Shared {
                     label,
                     "the redb commit after its journal frame failed",
                 );
-                return;
             }
-            JournalFrame::Unwritten(_) if !committed.ok => return,
-            JournalFrame::Unwritten(why) => why,
-        };
-        if !sync(db, label) {
-            self.poison(
-                state,
-                committed,
-                label,
-                &format!("the commit could not be made durable ({not_logged})"),
-            );
-            return;
         }
-        state.non_durable = 0;
-        wal.mark_durable();
     }
 
     /// Fails the batch and every later request of the store with `reason`.
@@ -1078,11 +1053,7 @@ fn run_batch(db: &redb::Database, batch: Vec<Msg>, mode: BatchMode, label: &str)
             && fatal.is_none()
             && (wrote || !skip_if_nothing_written)
         {
-            committed.journal_frame = match body {
-                Some(Ok(body)) if body.len() > JOURNAL_FRAME_MAX => JournalFrame::Replaced,
-                // Written now, so that its writeback runs during the redb commit.
-                body => write_journal_frame(wal, body),
-            };
+            committed.journal_frame = write_journal_frame(wal, body, label);
         }
         fatal
     };
@@ -1122,20 +1093,32 @@ fn run_batch(db: &redb::Database, batch: Vec<Msg>, mode: BatchMode, label: &str)
 /// 0.83-0.96x bare redb's rate as frames and 0.41-0.45x as durable commits.
 const JOURNAL_FRAME_MAX: usize = 256 << 10;
 
-/// Writes a batch's journal frame (`body`, as [`Writes`] built it) to the log.
+/// Writes a batch's journal frame (`body`, as [`Writes`] built it) to the log, now, so
+/// that its writeback runs during the redb commit; `Replaced` when the batch must commit
+/// durably instead.
 fn write_journal_frame(
     wal: &crate::wal::WalBackend,
     body: Option<Result<Vec<u8>, String>>,
+    label: &str,
 ) -> JournalFrame {
-    let body = match body {
-        Some(Ok(body)) => body,
-        Some(Err(why)) => return JournalFrame::Unwritten(why),
-        None => return JournalFrame::Unwritten(String::from("no journal frame was made")),
+    let failed = |why: &str| {
+        tracing::warn!(
+            store = label,
+            error = why,
+            "no journal frame; committing durably"
+        );
+        JournalFrame::Replaced
     };
-    match wal.write_journal(&body) {
-        Ok(Some(frame)) => JournalFrame::Written(frame),
-        Ok(None) => JournalFrame::Unwritten(String::from("journal frame does not fit in the log")),
-        Err(e) => JournalFrame::Unwritten(e.to_string()),
+    match body {
+        Some(Ok(body)) if body.len() > JOURNAL_FRAME_MAX => JournalFrame::Replaced,
+        Some(Ok(body)) => match wal.write_journal(&body) {
+            Ok(Some(frame)) => JournalFrame::Written(frame),
+            // It does not fit in the log.
+            Ok(None) => JournalFrame::Replaced,
+            Err(e) => failed(&e.to_string()),
+        },
+        Some(Err(why)) => failed(&why),
+        None => failed("no journal frame was made"),
     }
 }
 
@@ -1411,7 +1394,10 @@ impl<'t> Writes<'t> {
         let journaling = !encoded.is_empty() && matches!(self.journal_frame, Some(Ok(_)));
         let mut logged = Vec::new();
         for update in index_updates {
-            if journaling && !self.is_known_spec(&update)? {
+            if self.is_known_spec(&update)? {
+                continue;
+            }
+            if journaling {
                 match serde_json::to_vec(&update) {
                     Ok(json) => logged.push(json),
                     Err(e) => self.journal_frame = Some(Err(format!("index update: {e}"))),
@@ -1428,8 +1414,8 @@ impl<'t> Writes<'t> {
         Ok(Ok(ack))
     }
 
-    /// A spec the store holds already: storing it again changes nothing, so a journal frame
-    /// need not carry its text.
+    /// A spec the store holds already (most runs' start): storing it again changes nothing,
+    /// so it is neither applied nor carried in a journal frame.
     fn is_known_spec(&mut self, update: &IndexUpdate) -> Result<bool, StoreError> {
         let IndexUpdate::PutSpec { hash, .. } = update else {
             return Ok(false);
@@ -1443,7 +1429,7 @@ impl<'t> Writes<'t> {
     }
 
     /// Writes the appends of a journal frame found after the last durable commit (see
-    /// `Shared::log_journal_frame`). Each must continue its run's journal exactly.
+    /// `Shared::settle_journal_frame`). Each must continue its run's journal exactly.
     pub(crate) fn replay_journal_frame(&mut self, body: &[u8]) -> Result<usize, StoreError> {
         let label = self.label;
         let entries = decode_journal_body(body)
