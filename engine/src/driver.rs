@@ -393,12 +393,22 @@ impl Driver {
             let agent = inv.agent;
             match self.j.take::<payloads::AgentInvoked>().await? {
                 Some((seq, recorded)) => {
-                    if recorded.agent != agent.name || recorded.prompt != prompt {
+                    // Without a prompt, the record is the entry agent's (its prompt is
+                    // the RunStarted this invocation took it from).
+                    let same_prompt = match &recorded.prompt {
+                        Some(text) => text == prompt,
+                        None => parent_call.is_none(),
+                    };
+                    if recorded.agent != agent.name || !same_prompt {
+                        let recorded_prompt = match &recorded.prompt {
+                            Some(text) => format!("{text:?}"),
+                            None => String::from("of the run"),
+                        };
                         return Err(self.divergence(
                             seq,
                             format!(
-                                "invoke agent {} with prompt {:?}",
-                                recorded.agent, recorded.prompt
+                                "invoke agent {} with prompt {recorded_prompt}",
+                                recorded.agent
                             ),
                             format!("invoke agent {} with prompt {:?}", agent.name, prompt),
                         ));
@@ -414,7 +424,7 @@ impl Driver {
                             agent: agent.name.clone(),
                             invocation_id: inv.invocation_id.clone(),
                             thread: inv.thread.clone(),
-                            prompt: prompt.to_owned(),
+                            prompt: parent_call.map(|_| prompt.to_owned()),
                             model: agent.model_id.clone(),
                             parent_call,
                         },

@@ -286,7 +286,7 @@ impl RunJournal {
         self.pending.push(Pending {
             record: Record {
                 kind: P::KIND,
-                version: flowai_storage::payloads::PAYLOAD_VERSION,
+                version: P::VERSION,
                 at_ms: self.clock.now_ms(),
                 payload: text,
             },

@@ -679,7 +679,7 @@ impl Runtime {
     fn record_of<P: payloads::Payload>(&self, payload: &P) -> Result<Record, EngineError> {
         Ok(Record {
             kind: P::KIND,
-            version: payloads::PAYLOAD_VERSION,
+            version: P::VERSION,
             at_ms: self.shared.clock.now_ms(),
             payload: serde_json::to_string(payload)
                 .map_err(|e| EngineError::Internal(format!("cannot encode record: {e}")))?,

@@ -23,8 +23,9 @@
 //!
 //! With a new prompt the cut must come before the entry agent's first model request
 //! (its first `ModelRequested`, or `ModelResponded` for the deterministic interpreters):
-//! everything after it was decided from the old prompt. The copied entry `AgentInvoked`
-//! carries the prompt the driver compares on resume, so it is rewritten with the new one.
+//! everything after it was decided from the old prompt. The fork's RunStarted carries the
+//! new prompt. An entry `AgentInvoked` written before version 2 carries the prompt too, and
+//! the driver compares it on resume, so that copy is rewritten with the new one.
 //!
 //! Index rows written with the fork: its `runs` row (status `interrupted`, parent and cut)
 //! and the forking runtime's recorded spec. No approval rows (approval ids are the
@@ -229,7 +230,7 @@ fn prepare(
     let mut out = Vec::with_capacity(prefix.len() + 1);
     out.push(Record {
         kind: RecordKind::RunStarted,
-        version: payloads::PAYLOAD_VERSION,
+        version: <payloads::RunStarted as Payload>::VERSION,
         at_ms: now,
         payload: encode(&started)?,
     });
@@ -244,8 +245,8 @@ fn prepare(
             && record.kind == RecordKind::AgentInvoked
         {
             let mut invoked: payloads::AgentInvoked = decode(run_id, stored)?;
-            if invoked.parent_call.is_none() {
-                invoked.prompt = text.to_owned();
+            if invoked.parent_call.is_none() && invoked.prompt.is_some() {
+                invoked.prompt = Some(text.to_owned());
                 record.payload = encode(&invoked)?;
                 entry_rewritten = true;
             }

@@ -15,12 +15,16 @@ use crate::RecordKind;
 /// A JSON value kept as the exact text it was recorded with.
 pub type Json = Box<RawValue>;
 
-/// Current version of every payload layout below (bumped per kind when a layout changes).
+/// The first version of every payload layout below; a kind whose layout changed since
+/// says so in its [`Payload::VERSION`].
 pub const PAYLOAD_VERSION: u16 = 1;
 
 /// A payload type and the record kind that carries it.
 pub trait Payload: Serialize + DeserializeOwned {
     const KIND: RecordKind;
+    /// The layout version written in new records of this kind (FORMAT.md lists the
+    /// changes). Readers decode every earlier version too.
+    const VERSION: u16 = PAYLOAD_VERSION;
 }
 
 macro_rules! payload {
@@ -73,13 +77,20 @@ pub struct AgentInvoked {
     pub agent: String,
     pub invocation_id: String,
     pub thread: String,
-    pub prompt: String,
+    /// The prompt of a delegated agent. The entry agent's prompt is RunStarted's and is
+    /// not written again (version 2); version 1 records carry it here too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
     pub model: String,
     /// Seq of the `call_agent` ToolCallStarted that invoked this agent; None for the entry agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_call: Option<u64>,
 }
-payload!(AgentInvoked);
+
+impl Payload for AgentInvoked {
+    const KIND: RecordKind = RecordKind::AgentInvoked;
+    const VERSION: u16 = 2;
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 
 use flowai_replay::{ForkError, fork, fork_async};
 use flowai_runtime::Runtime;
-use flowai_storage::{RunStatus, Store};
+use flowai_storage::{RunStatus, Store, StoreOptions};
 use serde_json::{Value, json};
 
 use crate::goldens::{
-    search_host, specialist_setup, two_agents_host, two_agents_prompt, two_agents_setup,
+    journals_dir, search_host, specialist_setup, two_agents_host, two_agents_prompt,
+    two_agents_setup,
 };
 use crate::support::*;
 
@@ -259,9 +260,9 @@ async fn fork_with_a_new_prompt() {
         if at_seq >= 2 {
             assert_eq!(copied[1].kind, "AgentInvoked");
             assert_eq!(
-                copied[1].data["prompt"],
-                new.as_str(),
-                "the entry prompt is rewritten"
+                copied[1].data.get("prompt"),
+                None,
+                "the entry agent's prompt is RunStarted's alone"
             );
         }
         let mut resumed = rt.resume(&forked, false).unwrap();
@@ -273,6 +274,67 @@ async fn fork_with_a_new_prompt() {
         rt.verify(&forked).await.unwrap();
     }
     assert_eq!(rt.journal(&original, 0).unwrap(), journal);
+}
+
+/// A journal written before AgentInvoked version 2 (fixtures/journals/agent_invoked_v1.redb)
+/// repeats the entry prompt in its AgentInvoked. It still verifies, and a fork with a new
+/// prompt rewrites that copy too, so that the resumed fork agrees with its own RunStarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_with_a_new_prompt_of_a_version_1_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.redb");
+    std::fs::copy(journals_dir().join("agent_invoked_v1.redb"), &path).unwrap();
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let [original] = &flowai_replay::list_runs(&store, None, None).unwrap()[..] else {
+        panic!("the fixture holds one run");
+    };
+    let original_id = original.meta.run_id;
+    let original = original_id.to_string();
+    let versions = |run| -> Vec<u16> {
+        let records = store.records(run, 1).unwrap();
+        records.iter().map(|r| r.record.version).collect()
+    };
+    assert_eq!(
+        versions(original_id)[1],
+        1,
+        "the fixture's AgentInvoked is version 1"
+    );
+    let mut setup = specialist_setup();
+    // The fixture's run took the ids a fresh runtime starts from.
+    setup.ids_from += 1_000_000;
+    let built = setup.build(search_host(), store.clone());
+    let rt = &built.runtime;
+    let journal = rt.journal(&original, 0).unwrap();
+    assert_eq!(journal[1].kind, "AgentInvoked");
+    assert_eq!(journal[1].data["prompt"], journal[0].data["prompt"]);
+    rt.verify(&original).await.unwrap();
+
+    let new = json!({"tool": "search", "args": {"q": "chairs"}}).to_string();
+    let forked = fork_async(rt, &original, 2, Some(&new)).await.unwrap();
+    let copied = rt.journal(&forked, 0).unwrap();
+    assert_eq!(copied[0].data["prompt"], new.as_str());
+    assert_eq!(
+        copied[1].data["prompt"],
+        new.as_str(),
+        "the old copy is rewritten"
+    );
+    let mut resumed = rt.resume(&forked, false).unwrap();
+    collect(&mut resumed).await;
+    let replayed = replay(rt, &forked);
+    let result = replayed.iter().find(|e| e["state"] == "result").unwrap();
+    assert_eq!(result["result"]["hits"], json!(["chairs-1", "chairs-2"]));
+    rt.verify(&forked).await.unwrap();
+    assert_eq!(rt.journal(&original, 0).unwrap(), journal);
+
+    let mut stream = rt
+        .run_specialist("specialist", &new, Some("t2"), None)
+        .unwrap();
+    collect(&mut stream).await;
+    let fresh = rt.journal(stream.run_id(), 0).unwrap();
+    assert_eq!(fresh[1].kind, "AgentInvoked");
+    assert_eq!(fresh[1].data.get("prompt"), None);
+    let fresh_id = stream.run_id().parse().unwrap();
+    assert_eq!(versions(fresh_id)[1], 2, "a new AgentInvoked is version 2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
