@@ -365,12 +365,7 @@ impl PyRuntime {
     ) -> PyResult<Bound<'py, PyAny>> {
         let runtime = self.runtime.clone();
         let text = py
-            .detach(|| {
-                runtime.journal(run_id, since).map(|entries| {
-                    serde_json::Value::Array(entries.iter().map(|e| e.to_json()).collect())
-                        .to_string()
-                })
-            })
+            .detach(|| runtime.journal_text(run_id, since))
             .map_err(errors::engine_error)?;
         convert::loads(py, &text)
     }

@@ -10,6 +10,7 @@ use flowai_storage::{
     AppendRequest, ApprovalStatus, Clock, IndexUpdate, Precondition, Record, ReferenceEntry,
     RunAppend, RunFilter, RunId, RunInfo, RunStatus, Store, StoreError,
 };
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -785,6 +786,14 @@ impl Runtime {
         journal_entries(&self.shared.store, run, since)
     }
 
+    /// [`Runtime::journal`] as the text of one JSON array of the same
+    /// `{"seq","kind","at","data"}` objects, for a caller that parses it anyway (the
+    /// Python binding): each payload goes in as recorded instead of through a tree.
+    pub fn journal_text(&self, run_id: &str, since: u64) -> Result<String, EngineError> {
+        let (run, _) = self.run_of_tenant(run_id)?;
+        journal_text(&self.shared.store, run, since)
+    }
+
     /// The run's stream events, rebuilt from its journal alone.
     pub fn replay_events(&self, run_id: &str) -> Result<Vec<Event>, EngineError> {
         let (run, _) = self.run_of_tenant(run_id)?;
@@ -1031,6 +1040,46 @@ pub fn journal_entries(
             data,
         });
     }
+    Ok(out)
+}
+
+/// [`journal_entries`] written as one JSON array. A payload's text is checked to be one
+/// JSON value (a corrupt one is the same error as there) and copied, not re-encoded: the
+/// values in it are the text recorded, and `data`'s keys keep the order they were
+/// recorded in.
+pub fn journal_text(store: &Store, run: RunId, since: u64) -> Result<String, EngineError> {
+    use std::fmt::Write as _;
+    let records = store.records(run, since.saturating_add(1))?;
+    // Each entry's frame: braces, four keys, a seq, a kind name and a 24-byte timestamp.
+    const ENTRY_FRAME: usize = 96;
+    let capacity = records
+        .iter()
+        .map(|stored| stored.record.payload.len() + ENTRY_FRAME)
+        .sum::<usize>();
+    let mut out = String::with_capacity(capacity + 2);
+    out.push('[');
+    for (index, stored) in records.iter().enumerate() {
+        let kind = stored.record.kind.name();
+        let data: &RawValue = serde_json::from_str(&stored.record.payload).map_err(|e| {
+            EngineError::CorruptPayload {
+                seq: stored.seq,
+                kind,
+                reason: e.to_string(),
+            }
+        })?;
+        if index > 0 {
+            out.push(',');
+        }
+        // Kind names and timestamps are plain ASCII: nothing in them needs escaping.
+        let _ = write!(
+            out,
+            r#"{{"seq":{},"kind":"{kind}","at":"{}","data":{}}}"#,
+            stored.seq,
+            rfc3339_ms(stored.record.at_ms),
+            data.get()
+        );
+    }
+    out.push(']');
     Ok(out)
 }
 

@@ -269,6 +269,92 @@ async fn coordinator_routes_to_sub_agents_on_derived_threads() {
     assert_eq!(events[13]["result"]["error"], "Missing 'agent' name string");
 }
 
+/// `journal_text` (what the Python binding parses) holds exactly `journal`'s entries,
+/// keys in the order API.md §9.2 lists them, payload values as recorded.
+#[tokio::test]
+async fn the_journal_text_is_the_journal() {
+    let host = TestHost::new().handler("search", |_| {
+        Ok(json!({"price": 1.5, "big": 12345678901234567890u64, "note": "é \"quoted\"\n"}))
+    });
+    let store = Store::in_memory().unwrap();
+    let built = build(
+        coordinator_spec(),
+        vec![host_tool(
+            "specialist",
+            "search",
+            json!({"type": "object"}),
+            json!({"kind": "never"}),
+        )],
+        host,
+        store.clone(),
+        InterpreterChoice::Scripted,
+    )
+    .unwrap();
+    let specialist = json!({"tool": "search", "args": {"q": "ünïcode"}}).to_string();
+    let prompt = json!({"script": [
+        {"tool": "call_agent", "args": {"agent": "specialist", "prompt": specialist}},
+        {"tool": "call_agent", "args": {"agent": "ghost", "prompt": "x"}},
+    ]})
+    .to_string();
+    let mut stream = built.runtime.query(&prompt, "t1", None).unwrap();
+    collect(&mut stream).await;
+    let run = stream.run_id();
+    let entries = built.runtime.journal(run, 0).unwrap();
+    assert!(entries.len() > 10, "{} entries", entries.len());
+    for since in [0, 1, 5, entries.len() as u64] {
+        let text = built.runtime.journal_text(run, since).unwrap();
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        let expected: Vec<Value> = entries[since as usize..]
+            .iter()
+            .map(|e| e.to_json())
+            .collect();
+        assert_eq!(parsed, Value::Array(expected), "since {since}");
+    }
+    let text = built.runtime.journal_text(run, 0).unwrap();
+    assert!(
+        text.starts_with(r#"[{"seq":1,"kind":"RunStarted","at":""#),
+        "{text}"
+    );
+    assert!(text.contains(r#""big":12345678901234567890,"#), "{text}");
+    assert!(text.contains(r#""price":1.5}"#), "{text}");
+    assert_eq!(
+        built
+            .runtime
+            .journal_text("01ARZ3NDEKTSV4RRFFQ69G5FAV", 0)
+            .unwrap_err()
+            .to_string(),
+        built
+            .runtime
+            .journal("01ARZ3NDEKTSV4RRFFQ69G5FAV", 0)
+            .unwrap_err()
+            .to_string()
+    );
+
+    // A payload that is not JSON is refused by both, naming the record.
+    store
+        .append_blocking(flowai_storage::AppendRequest {
+            run: Some(flowai_storage::RunAppend {
+                run_id: run.parse().unwrap(),
+                expected_first_seq: None,
+                records: vec![flowai_storage::Record {
+                    kind: flowai_storage::RecordKind::StreamEmitted,
+                    version: 1,
+                    at_ms: 0,
+                    payload: String::from(r#"{"event": tru"#),
+                }],
+            }),
+            index_updates: Vec::new(),
+            precondition: flowai_storage::Precondition::None,
+        })
+        .unwrap();
+    let corrupt = built.runtime.journal_text(run, 0).unwrap_err().to_string();
+    assert_eq!(
+        corrupt,
+        built.runtime.journal(run, 0).unwrap_err().to_string()
+    );
+    assert!(corrupt.contains("StreamEmitted"), "{corrupt}");
+}
+
 #[tokio::test]
 async fn restart_reads_back_the_same_journal_and_stream() {
     let dir = tempfile::tempdir().unwrap();
