@@ -516,18 +516,25 @@ impl Runtime {
     }
 
     fn check_spec(&self, run_id: &str, run: RunId) -> Result<(), EngineError> {
-        let first = self.shared.store.records(run, 1)?;
-        let Some(first) = first.first() else {
-            return Err(EngineError::RunNotFound(run_id.to_owned()));
+        /// The one field wanted of the RunStarted: its prompt can be megabytes.
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct SpecOfRun {
+            spec_hash: String,
+        }
+        let mut first = None;
+        self.shared.store.scan_records(run, 1, &mut |seq, view| {
+            first = Some((seq, serde_json::from_str::<SpecOfRun>(view.payload)));
+            std::ops::ControlFlow::Break(())
+        })?;
+        let started = match first {
+            None => return Err(EngineError::RunNotFound(run_id.to_owned())),
+            Some((seq, decoded)) => decoded.map_err(|e| EngineError::CorruptPayload {
+                seq,
+                kind: "RunStarted",
+                reason: e.to_string(),
+            })?,
         };
-        let started: payloads::RunStarted =
-            serde_json::from_str(&first.record.payload).map_err(|e| {
-                EngineError::CorruptPayload {
-                    seq: first.seq,
-                    kind: "RunStarted",
-                    reason: e.to_string(),
-                }
-            })?;
         if started.spec_hash == self.shared.spec_hash {
             return Ok(());
         }

@@ -124,16 +124,20 @@ impl RecordedSpec {
 /// The run's RunStarted record.
 fn started(store: &Store, run: RunId) -> Result<RunStarted, ReplayError> {
     run_info(store, run)?;
-    let first = store.records(run, 1)?;
-    let first = first
-        .first()
-        .filter(|r| r.seq == 1 && r.record.kind == RecordKind::RunStarted)
-        .ok_or_else(|| flowai_runtime::EngineError::CorruptPayload {
-            seq: 1,
-            kind: "RunStarted",
-            reason: String::from("the run's first record is not RunStarted"),
-        })?;
-    serde_json::from_str(&first.record.payload).map_err(|e| {
+    // Only the first record: the rest of a long run is not needed here.
+    let mut first = None;
+    store.scan_records(run, 1, &mut |seq, view| {
+        if seq == 1 && view.kind == RecordKind::RunStarted {
+            first = Some(serde_json::from_str(view.payload));
+        }
+        std::ops::ControlFlow::Break(())
+    })?;
+    let first = first.ok_or_else(|| flowai_runtime::EngineError::CorruptPayload {
+        seq: 1,
+        kind: "RunStarted",
+        reason: String::from("the run's first record is not RunStarted"),
+    })?;
+    first.map_err(|e| {
         ReplayError::Engine(flowai_runtime::EngineError::CorruptPayload {
             seq: 1,
             kind: "RunStarted",
