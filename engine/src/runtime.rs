@@ -1056,35 +1056,35 @@ pub fn journal_entries(
 /// recorded in.
 pub fn journal_text(store: &Store, run: RunId, since: u64) -> Result<String, EngineError> {
     use std::fmt::Write as _;
-    let records = store.records(run, since.saturating_add(1))?;
-    // Each entry's frame: braces, four keys, a seq, a kind name and a 24-byte timestamp.
-    const ENTRY_FRAME: usize = 96;
-    let capacity = records
-        .iter()
-        .map(|stored| stored.record.payload.len() + ENTRY_FRAME)
-        .sum::<usize>();
-    let mut out = String::with_capacity(capacity + 2);
-    out.push('[');
-    for (index, stored) in records.iter().enumerate() {
-        let kind = stored.record.kind.name();
-        let data: &RawValue = serde_json::from_str(&stored.record.payload).map_err(|e| {
-            EngineError::CorruptPayload {
-                seq: stored.seq,
-                kind,
-                reason: e.to_string(),
+    let mut out = String::from("[");
+    let mut corrupt = None;
+    store.scan_records(run, since.saturating_add(1), &mut |seq, view| {
+        let kind = view.kind.name();
+        let data = match serde_json::from_str::<&RawValue>(view.payload) {
+            Ok(data) => data,
+            Err(e) => {
+                corrupt = Some(EngineError::CorruptPayload {
+                    seq,
+                    kind,
+                    reason: e.to_string(),
+                });
+                return std::ops::ControlFlow::Break(());
             }
-        })?;
-        if index > 0 {
+        };
+        if out.len() > 1 {
             out.push(',');
         }
         // Kind names and timestamps are plain ASCII: nothing in them needs escaping.
         let _ = write!(
             out,
-            r#"{{"seq":{},"kind":"{kind}","at":"{}","data":{}}}"#,
-            stored.seq,
-            rfc3339_ms(stored.record.at_ms),
+            r#"{{"seq":{seq},"kind":"{kind}","at":"{}","data":{}}}"#,
+            rfc3339_ms(view.at_ms),
             data.get()
         );
+        std::ops::ControlFlow::Continue(())
+    })?;
+    if let Some(error) = corrupt {
+        return Err(error);
     }
     out.push(']');
     Ok(out)
