@@ -5,7 +5,7 @@ use std::future::Future;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::Value;
 
 use crate::errors;
@@ -38,14 +38,98 @@ pub(crate) fn loads<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyA
     JSON_LOADS.import(py, "json", "loads")?.call1((text,))
 }
 
-/// A JSON value as the equivalent Python object.
+/// A JSON value as the equivalent Python object: what `json.loads` of its text gives,
+/// built directly (a tool's arguments, on every call) rather than written and parsed again.
 pub(crate) fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
-    loads(py, &value.to_string())
+    Ok(match value {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(flag) => PyBool::new(py, *flag).to_owned().into_any(),
+        Value::Number(number) => match (number.as_i64(), number.as_u64(), number.as_f64()) {
+            (Some(int), _, _) => int.into_pyobject(py)?.into_any(),
+            (None, Some(int), _) => int.into_pyobject(py)?.into_any(),
+            (None, None, float) => PyFloat::new(py, float.unwrap_or(f64::NAN)).into_any(),
+        },
+        Value::String(text) => PyString::new(py, text).into_any(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(entries) => {
+            let dict = PyDict::new(py);
+            for (key, item) in entries {
+                dict.set_item(key, to_py(py, item)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}
+
+/// How deep [`plain_json`] follows containers before leaving a value to the encoder, far
+/// below serde_json's parsing limit (128), so that a deep or cyclic value gets the
+/// encoder's error as before.
+const PLAIN_DEPTH_MAX: usize = 64;
+
+/// `value` as JSON when it is built only of exact `dict`s with `str` keys, `list`s,
+/// `tuple`s, `str`s, `int`s within 64 bits, finite `float`s, `bool`s and `None`: the value
+/// `json.dumps` would write, without the text. `None` for anything else (pydantic models,
+/// subclasses, NaN, big ints...), which [`to_json`] hands to the encoder. Runs no Python
+/// code, so nothing changes the containers while they are read.
+fn plain_json(value: &Bound<'_, PyAny>, depth: usize) -> Option<Value> {
+    if depth > PLAIN_DEPTH_MAX {
+        return None;
+    }
+    if value.is_none() {
+        return Some(Value::Null);
+    }
+    if let Ok(text) = value.cast_exact::<PyString>() {
+        return text
+            .to_str()
+            .ok()
+            .map(|text| Value::String(text.to_owned()));
+    }
+    if let Ok(flag) = value.cast_exact::<PyBool>() {
+        return Some(Value::Bool(flag.is_true()));
+    }
+    if let Ok(int) = value.cast_exact::<PyInt>() {
+        return match int.extract::<i64>() {
+            Ok(int) => Some(Value::from(int)),
+            Err(_) => int.extract::<u64>().ok().map(Value::from),
+        };
+    }
+    if let Ok(float) = value.cast_exact::<PyFloat>() {
+        return serde_json::Number::from_f64(float.value()).map(Value::Number);
+    }
+    if let Ok(dict) = value.cast_exact::<PyDict>() {
+        let mut entries = serde_json::Map::new();
+        for (key, item) in dict.iter() {
+            let key = key.cast_exact::<PyString>().ok()?.to_str().ok()?;
+            entries.insert(key.to_owned(), plain_json(&item, depth + 1)?);
+        }
+        return Some(Value::Object(entries));
+    }
+    let items = |iter: &mut dyn Iterator<Item = Bound<'_, PyAny>>| -> Option<Value> {
+        iter.map(|item| plain_json(&item, depth + 1))
+            .collect::<Option<Vec<Value>>>()
+            .map(Value::Array)
+    };
+    if let Ok(list) = value.cast_exact::<PyList>() {
+        return items(&mut list.iter());
+    }
+    if let Ok(tuple) = value.cast_exact::<PyTuple>() {
+        return items(&mut tuple.iter());
+    }
+    None
 }
 
 /// A Python value (pydantic models dumped) as JSON; a value that is not
 /// JSON-serializable raises (`TypeError`/`ValueError` from `json.dumps`).
 pub(crate) fn to_json(value: &Bound<'_, PyAny>) -> PyResult<Value> {
+    if let Some(plain) = plain_json(value, 0) {
+        return Ok(plain);
+    }
     let py = value.py();
     let text = TO_JSON_TEXT
         .import(py, "flowai_harness._results", "to_json_text")?

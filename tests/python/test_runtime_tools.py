@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
+import enum
 import gc
 import json
 import threading
@@ -237,6 +239,61 @@ def test_return_values_pydantic_and_ui_keys() -> None:
         {"type": "data-flow-ui", "data": {"dsl": '{"card": 1}'}},
         {"type": "text", "text": "1 price"},
     ]
+    runtime.close()
+
+
+class Colour(str, enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def deep(levels: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+RETURNED: list[Any] = [
+    {"b": True, "i": 1, "f": 1.0, "z": -0.0, "tenth": 0.1, "n": None, "s": 'é\n"', "l": [1, [2, (3, 4)]]},
+    {"top": 2**64 - 1, "bottom": -(2**63), "e": 1e308},
+    (1, "a", ()),
+    {1: "int key", None: "none key", 2.5: "float key"},
+    {"colour": Colour.RED, "level": Level.HIGH, Colour.RED: "enum key"},
+    collections.OrderedDict([("z", 1), ("a", 2)]),
+    deep(80),
+    "plain",
+]
+
+
+def test_return_values_are_recorded_as_json_dumps_writes_them() -> None:
+    """Whatever way a result is converted, it is the value the encoder's text holds."""
+    from flowai_harness._results import to_json_text
+
+    seen: list[Any] = []
+
+    @define_tool("give", {"n": int, "sent": dict})
+    def give(args: dict[str, Any], ctx: Any) -> Any:
+        seen.append(args["sent"])
+        return RETURNED[args["n"]] if args["n"] < len(RETURNED) else float("nan")
+
+    sent = {"top": 2**64 - 1, "bottom": -(2**63), "tenth": 0.1, "s": "ü", "l": [[], {}], "f": 2.0, "yes": True, "z": -0.0}
+    runtime = create_runtime(spec_with(give), interpreter="scripted")
+    calls = [("give", {"n": n, "sent": sent}) for n in range(len(RETURNED) + 1)]
+    got = results(drain(runtime.query(script(*calls), "t1")))
+    # Compared as text: `True == 1` and `-0.0 == 0.0` in Python, not in JSON.
+    for n, value in enumerate(RETURNED):
+        assert canonical(got[f"scripted-tool-{n + 1}"]) == canonical(json.loads(to_json_text(value))), n
+    nan = got[f"scripted-tool-{len(RETURNED) + 1}"]
+    assert nan["error"].startswith("ValueError: "), nan
+    assert [canonical(s) for s in seen] == [canonical(sent)] * (len(RETURNED) + 1)
     runtime.close()
 
 
