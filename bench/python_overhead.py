@@ -7,7 +7,8 @@ Each configuration runs one scripted specialist whose script holds ``--steps`` c
 a no-op tool (``{"tool": "noop", "args": {"i": n}}``), and drains the stream from
 asyncio. A step is one tool call: the journal records (call, attempt, result, text),
 the handler call through the Python host (tool context built by the facade, arguments
-and result as JSON), and three events delivered to the consumer (call, result, text).
+built as Python objects, the result read back into JSON), and three events delivered to
+the consumer (call, result, text).
 
 Reported per configuration (best of ``--repeat`` runs): µs per step in total, and µs per
 step beyond the handler itself, i.e. minus the cost of calling the same no-op handler
