@@ -214,20 +214,17 @@ impl PyHost {
             ToolCallRuntime::new(self.runtime(), Arc::clone(created)),
         )
         .map_err(text)?;
-        let kwargs = PyDict::new(py);
-        kwargs.set_item("runtime", proxy).map_err(text)?;
-        kwargs
-            .set_item("tool_use_id", &call.ctx.tool_use_id)
-            .map_err(text)?;
-        kwargs.set_item("run_id", &call.ctx.run_id).map_err(text)?;
-        kwargs
-            .set_item("idempotency_key", &call.ctx.idempotency_key)
-            .map_err(text)?;
-        kwargs.set_item("attempt", call.ctx.attempt).map_err(text)?;
+        // `ToolContext.factory(services)`: (runtime, tool_use_id, run_id, idempotency_key, attempt).
         let ctx = self
             .tool_context_factory
             .bind(py)
-            .call((), Some(&kwargs))
+            .call1((
+                proxy,
+                &call.ctx.tool_use_id,
+                &call.ctx.run_id,
+                &call.ctx.idempotency_key,
+                call.ctx.attempt,
+            ))
             .map_err(text)?;
         handler.func.bind(py).call1((args, ctx)).map_err(text)
     }

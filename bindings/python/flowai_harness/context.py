@@ -7,7 +7,7 @@ The native runtime builds one :class:`ToolContext` per tool call and one
 
 from __future__ import annotations
 
-from collections.abc import Iterator, KeysView, Mapping
+from collections.abc import Callable, Iterator, KeysView, Mapping
 from typing import Any
 
 __all__ = ["DispatchContext", "ReferenceClient", "ToolContext"]
@@ -68,16 +68,31 @@ class ToolContext:
         attempt: int,
     ) -> ToolContext:
         """The context of one attempt of one tool call."""
-        data: dict[str, Any] = {
-            "tool_use_id": tool_use_id,
-            "services": services,
-            "references": ReferenceClient(runtime),
-            "run_id": run_id,
-            "idempotency_key": idempotency_key,
-            "attempt": attempt,
-        }
-        data.update(services)
-        return cls(data)
+        return cls.factory(services)(runtime, tool_use_id, run_id, idempotency_key, attempt)
+
+    @classmethod
+    def factory(cls, services: Mapping[str, Any]) -> Callable[[Any, str, str, str, int], ToolContext]:
+        """:meth:`for_call` with ``services`` bound and the rest taken by position: what
+        the native runtime calls for every tool call, so it does no more than it must."""
+        new = object.__new__
+        set_item = object.__setattr__
+
+        def make(runtime: Any, tool_use_id: str, run_id: str, idempotency_key: str, attempt: int) -> ToolContext:
+            data: dict[str, Any] = {
+                "tool_use_id": tool_use_id,
+                "services": services,
+                "references": ReferenceClient(runtime),
+                "run_id": run_id,
+                "idempotency_key": idempotency_key,
+                "attempt": attempt,
+            }
+            data.update(services)
+            # A fresh dict nobody else holds: no copy, unlike ``ToolContext(data)``.
+            context: ToolContext = new(cls)
+            set_item(context, "_data", data)
+            return context
+
+        return make
 
     def __getitem__(self, key: str) -> Any:
         data: dict[str, Any] = object.__getattribute__(self, "_data")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, TypedDict
@@ -515,7 +514,7 @@ def create_runtime(
         action_dispatcher=action_dispatcher,
         event_hooks=_as_list(event_hooks),
         services=service_map,
-        tool_context_factory=functools.partial(ToolContext.for_call, services=service_map),
+        tool_context_factory=ToolContext.factory(service_map),
         dispatch_context_factory=DispatchContext,
         interpreter=interpreter,
         mock_response=mock_response,
