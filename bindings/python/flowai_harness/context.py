@@ -75,7 +75,7 @@ class ToolContext:
         """:meth:`for_call` with ``services`` bound and the rest taken by position: what
         the native runtime calls for every tool call, so it does no more than it must."""
         new = object.__new__
-        set_item = object.__setattr__
+        set_attribute = object.__setattr__
 
         def make(runtime: Any, tool_use_id: str, run_id: str, idempotency_key: str, attempt: int) -> ToolContext:
             data: dict[str, Any] = {
@@ -89,7 +89,7 @@ class ToolContext:
             data.update(services)
             # A fresh dict nobody else holds: no copy, unlike ``ToolContext(data)``.
             context: ToolContext = new(cls)
-            set_item(context, "_data", data)
+            set_attribute(context, "_data", data)
             return context
 
         return make
