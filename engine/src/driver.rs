@@ -96,10 +96,20 @@ impl Conversation {
     }
 
     /// Adds the entry `entry` makes, if the conversation is kept.
-    pub(crate) fn push_with(&mut self, entry: impl FnOnce() -> Value) {
+    fn push_with(&mut self, entry: impl FnOnce() -> Value) {
         if let Some(entries) = &mut self.0 {
             entries.push(entry());
         }
+    }
+
+    /// Adds a tool call with its result, if the conversation is kept.
+    pub(crate) fn push_tool_call(&mut self, call: &payloads::ToolCallRecord, result: &Value) {
+        self.push_with(|| {
+            json!({
+                "role": "tool", "id": call.id, "name": call.name,
+                "args": parse_raw(&call.args), "result": result,
+            })
+        });
     }
 
     /// Each entry as JSON text, or `None` for a stateless agent.
@@ -547,12 +557,7 @@ impl Driver {
                 if !outcome.is_error {
                     response.push_str(&outcome.value.to_string());
                 }
-                conversation.push_with(|| {
-                    json!({
-                        "role": "tool", "id": call.id, "name": call.name,
-                        "args": parse_raw(&call.args), "result": outcome.value,
-                    })
-                });
+                conversation.push_tool_call(call, &outcome.value);
             }
             if responded.finish_after_tools {
                 let event = finish_event_json(&responded.finish_reason, &responded.usage);

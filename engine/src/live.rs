@@ -389,13 +389,7 @@ pub(crate) async fn agent_turns(
         });
         for call in &responded.tool_calls {
             let outcome = driver.run_tool_call(inv, call, false).await?;
-            conversation.push_with(|| {
-                json!({
-                    "role": "tool", "id": call.id, "name": call.name,
-                    "args": serde_json::from_str::<Value>(call.args.get()).unwrap_or(Value::Null),
-                    "result": outcome.value,
-                })
-            });
+            conversation.push_tool_call(call, &outcome.value);
             messages.push(ChatMessage::ToolResult {
                 tool_use_id: call.id.clone(),
                 content: outcome.value.to_string(),
