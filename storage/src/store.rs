@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::StoreError;
 use crate::clock::{Clock, SystemClock};
-use crate::tables::{self, FORMAT_VERSION};
+use crate::tables::{self, FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 use crate::types::{AppendAck, AppendRequest};
 use crate::wal::{self, WalBackend};
 use crate::writer::{self, Msg, Policy, Reply, Shared};
@@ -226,17 +226,17 @@ fn init_schema(txn: &redb::WriteTransaction, label: &str) -> Result<(), StoreErr
         .db(label)?
         .map(|g| g.value());
     match found {
-        None => {
+        Some(FORMAT_VERSION) => Ok(()),
+        None | Some(OLDEST_FORMAT_VERSION..FORMAT_VERSION) => {
             meta.insert(tables::FORMAT_VERSION_KEY, FORMAT_VERSION)
                 .db(label)?;
             Ok(())
         }
-        Some(v) if v != FORMAT_VERSION => Err(StoreError::UnsupportedFormat {
+        Some(v) => Err(StoreError::UnsupportedFormat {
             path: label.to_owned(),
             found: v,
             supported: FORMAT_VERSION,
         }),
-        Some(_) => Ok(()),
     }
 }
 
@@ -892,6 +892,9 @@ impl Store {
             for entry in journal.iter().db(label)? {
                 let (key, value) = entry.db(label)?;
                 let (run, seq) = crate::keys::split_journal_key(key.value());
+                if seq == crate::keys::RUN_SENTINEL_SEQ {
+                    continue;
+                }
                 if current != Some(run) {
                     finish(current, &mut records)?;
                     current = Some(run);
@@ -1014,7 +1017,7 @@ fn check_format(db: &Db, label: &str) -> Result<(), StoreError> {
         .db(label)?
         .map(|g| g.value())
     {
-        Some(FORMAT_VERSION) => Ok(()),
+        Some(OLDEST_FORMAT_VERSION..=FORMAT_VERSION) => Ok(()),
         Some(found) => Err(StoreError::UnsupportedFormat {
             path: label.to_owned(),
             found,

@@ -9,7 +9,12 @@ use crate::types::{
 };
 
 /// Version of the layout described in FORMAT.md, stored under [`FORMAT_VERSION_KEY`].
-pub(crate) const FORMAT_VERSION: u64 = 1;
+/// Version 2 added the run sentinel (an empty `journal` entry at seq 0).
+pub(crate) const FORMAT_VERSION: u64 = 2;
+/// The oldest version this build opens. A version 1 store differs only in having no run
+/// sentinels, which nothing requires: it is read as it is, and a writer marks it version 2
+/// (an older build must not meet a sentinel, which it would take for a record).
+pub(crate) const OLDEST_FORMAT_VERSION: u64 = 1;
 pub(crate) const FORMAT_VERSION_KEY: &str = "format_version";
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

@@ -1622,6 +1622,9 @@ impl<'t> Writes<'t> {
                 self.runs()?
                     .insert(&run_key(meta.run_id), row.as_slice())
                     .map_err(db)?;
+                self.journal()?
+                    .insert(&journal_key(meta.run_id, keys::RUN_SENTINEL_SEQ), &[][..])
+                    .map_err(db)?;
                 self.index_run(meta.run_id, &meta.tenant, &meta.thread, meta.status)?;
             }
             IndexUpdate::SetRunStatus {

@@ -658,7 +658,219 @@ fn a_closed_store_is_one_file_and_its_commits_are_in_it() {
     let db = redb::Database::open(&path).unwrap();
     let txn = db.begin_read().unwrap();
     let journal: redb::TableDefinition<&[u8; 24], &[u8]> = redb::TableDefinition::new("journal");
-    assert_eq!(txn.open_table(journal).unwrap().len().unwrap(), 901);
+    // 901 records and the run's sentinel.
+    assert_eq!(txn.open_table(journal).unwrap().len().unwrap(), 902);
+}
+
+const JOURNAL: redb::TableDefinition<&[u8; 24], &[u8]> = redb::TableDefinition::new("journal");
+const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+
+fn format_version_of(path: &Path) -> u64 {
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    txn.open_table(META)
+        .unwrap()
+        .get("format_version")
+        .unwrap()
+        .unwrap()
+        .value()
+}
+
+fn set_format_version(path: &Path, version: u64) {
+    let db = redb::Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(META)
+        .unwrap()
+        .insert("format_version", version)
+        .unwrap();
+    txn.commit().unwrap();
+}
+
+/// Runs that take turns appending, each started with a record larger than a page (a long
+/// prompt), as concurrent runs do: their small records still share leaves. Without the run
+/// sentinel every small record took a 4 KiB leaf of its own here (1,280 leaves, 6.5 MB).
+#[test]
+fn interleaved_runs_keep_their_small_records_packed() {
+    let dir = tmp();
+    let path = dir.path().join("interleaved.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let prompt = format!("{{\"prompt\":\"{}\"}}", "p".repeat(8_000));
+    let runs: Vec<RunId> = (0..32).map(|_| RunId::generate()).collect();
+    for run in &runs {
+        store
+            .append_blocking(AppendRequest {
+                run: Some(RunAppend {
+                    run_id: *run,
+                    expected_first_seq: Some(1),
+                    records: vec![rec(RecordKind::RunStarted, &prompt)],
+                }),
+                index_updates: vec![IndexUpdate::CreateRun(meta(
+                    *run,
+                    "t",
+                    "th",
+                    RunStatus::Running,
+                ))],
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    let small = format!("{{\"text\":\"{}\"}}", "s".repeat(300));
+    for _ in 0..40 {
+        for run in &runs {
+            store
+                .append_blocking(AppendRequest {
+                    run: Some(RunAppend {
+                        run_id: *run,
+                        expected_first_seq: None,
+                        records: vec![rec(RecordKind::StreamEmitted, &small)],
+                    }),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+    }
+    for run in &runs {
+        assert_eq!(store.last_seq(*run).unwrap(), 41);
+        assert_eq!(store.records(*run, 1).unwrap().len(), 41);
+    }
+    store.close().unwrap();
+
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    let stats = txn.stats().unwrap();
+    let small_records = 32 * 40;
+    // ~350 bytes each: a 4 KiB leaf holds about ten, half of that after even splits. The
+    // 32 large records take one leaf each.
+    assert!(
+        stats.leaf_pages() < 32 + small_records / 3,
+        "{} leaf pages for {small_records} small records",
+        stats.leaf_pages()
+    );
+}
+
+/// Each run's range in `journal` opens with an empty entry at seq 0, which readers skip.
+#[test]
+fn a_run_starts_with_its_sentinel() {
+    let dir = tmp();
+    let path = dir.path().join("sentinel.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let run = RunId::generate();
+    let started = serde_json::to_string(&flowai_storage::payloads::RunStarted {
+        tenant: "t".into(),
+        thread: "th".into(),
+        agent: "a".into(),
+        entry: "query".into(),
+        prompt: "hello".into(),
+        spec_hash: "h".into(),
+        interpreter: "noop".into(),
+        parent: None,
+    })
+    .unwrap();
+    store
+        .append_blocking(AppendRequest {
+            run: Some(RunAppend {
+                run_id: run,
+                expected_first_seq: Some(1),
+                records: vec![rec(RecordKind::RunStarted, &started)],
+            }),
+            index_updates: vec![IndexUpdate::CreateRun(meta(
+                run,
+                "t",
+                "th",
+                RunStatus::Running,
+            ))],
+            ..Default::default()
+        })
+        .unwrap();
+    append(&store, run, 2).unwrap();
+    let seqs: Vec<u64> = store
+        .records(run, 0)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    // The index rebuild reads the whole table and must not take the sentinel for a record.
+    store.rebuild_indexes().unwrap();
+    let info = store.run(run).unwrap().unwrap();
+    assert_eq!(info.meta.status, RunStatus::Interrupted);
+    assert_eq!(info.records, 3);
+    store.close().unwrap();
+
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let journal = txn.open_table(JOURNAL).unwrap();
+    let keys: Vec<[u8; 24]> = journal
+        .iter()
+        .unwrap()
+        .map(|entry| *entry.unwrap().0.value())
+        .collect();
+    assert_eq!(keys.len(), 4);
+    assert_eq!(&keys[0][..16], &run.0.to_be_bytes());
+    assert_eq!(&keys[0][16..], &0u64.to_be_bytes());
+    assert!(journal.get(&keys[0]).unwrap().unwrap().value().is_empty());
+}
+
+/// A store of format version 1 (no sentinels) opens: read-only as it is, and a writer
+/// marks it version 2, which older builds refuse. Its runs read and continue as before.
+#[test]
+fn a_version_1_store_opens_and_a_writer_marks_it_version_2() {
+    let dir = tmp();
+    let path = dir.path().join("v1.redb");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/journals/specialist_host_tool.redb"),
+        &path,
+    )
+    .unwrap();
+    assert_eq!(format_version_of(&path), 1);
+
+    let read_only = Store::open_read_only(&path).unwrap();
+    let runs = read_only.list_runs(&RunFilter::default()).unwrap();
+    assert_eq!(runs.len(), 1);
+    let run = runs[0].meta.run_id;
+    let last = read_only.last_seq(run).unwrap();
+    assert_eq!(read_only.records(run, 1).unwrap().len() as u64, last);
+    drop(read_only);
+    assert_eq!(format_version_of(&path), 1, "a reader changes nothing");
+
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    append(&store, run, 1).unwrap();
+    assert_eq!(store.last_seq(run).unwrap(), last + 1);
+    let fresh = RunId::generate();
+    start_run(&store, fresh, "t", "th", RunStatus::Running);
+    store.close().unwrap();
+    assert_eq!(format_version_of(&path), 2);
+
+    let store = Store::open_read_only(&path).unwrap();
+    assert_eq!(store.records(run, 1).unwrap().len() as u64, last + 1);
+    assert_eq!(store.records(fresh, 1).unwrap().len(), 1);
+}
+
+/// A store written by a newer build is refused, read-only too, rather than misread.
+#[test]
+fn a_store_of_a_newer_format_is_refused() {
+    let dir = tmp();
+    let path = dir.path().join("newer.redb");
+    Store::open(&path, StoreOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    set_format_version(&path, 3);
+    for opened in [
+        Store::open(&path, StoreOptions::default()).map(drop),
+        Store::open_read_only(&path).map(drop),
+    ] {
+        match opened {
+            Err(StoreError::UnsupportedFormat {
+                found: 3,
+                supported: 2,
+                ..
+            }) => {}
+            other => panic!("expected UnsupportedFormat, got {other:?}"),
+        }
+    }
+    assert_eq!(format_version_of(&path), 3);
 }
 
 /// A store deleted while its log stayed behind (say, after a crash): a new store created at
