@@ -103,7 +103,7 @@ def cmd_run(options: argparse.Namespace) -> None:
 
 
 def cmd_concurrent(options: argparse.Namespace) -> None:
-    url, _ = url_for(options, "dbos-concurrent")
+    url, path = url_for(options, "dbos-concurrent")
     launch(url)
     run_workflow(20, "warm")
     started = time.perf_counter()
@@ -125,6 +125,8 @@ def cmd_concurrent(options: argparse.Namespace) -> None:
             "steps": options.steps,
             "total_s": elapsed,
             "steps_per_s": total / elapsed,
+            # Its system database, with the 20-step warm-up workflow in it too.
+            "store_bytes_total": common.files_size(path) if path else None,
         }
     )
 

@@ -112,7 +112,8 @@ def cmd_concurrent(options: argparse.Namespace) -> None:
     asyncio.run(drive(warm.run_specialist("agent", script(20), "warm")))
     warm.close()
 
-    runtime = build_runtime(store_path(options, "flowai-concurrent"))
+    path = store_path(options, "flowai-concurrent")
+    runtime = build_runtime(path)
 
     async def all_runs() -> list[int]:
         streams = [runtime.run_specialist("agent", script(options.steps), f"t{n}") for n in range(options.runs)]
@@ -133,6 +134,8 @@ def cmd_concurrent(options: argparse.Namespace) -> None:
             "steps": options.steps,
             "total_s": elapsed,
             "steps_per_s": total / elapsed,
+            # Closed: the write-ahead log is folded into the file and removed.
+            "store_bytes_total": common.files_size(path) if path else None,
         }
     )
 

@@ -153,6 +153,8 @@ def cmd_run(options: argparse.Namespace) -> None:
 def cmd_concurrent(options: argparse.Namespace) -> None:
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+    path = Path(options.dir) / "langgraph-concurrent.sqlite"
+
     async def main() -> float:
         async with AsyncSqliteSaver.from_conn_string(common.fresh(Path(options.dir) / "warmup.sqlite")) as warm:
             await build(warm, is_async=True).ainvoke(first_input(20), config("warm", 20), durability="sync")
@@ -169,7 +171,7 @@ def cmd_concurrent(options: argparse.Namespace) -> None:
 
         if options.store == "memory":
             return await go(InMemorySaver())
-        async with AsyncSqliteSaver.from_conn_string(common.fresh(Path(options.dir) / "langgraph-concurrent.sqlite")) as saver:
+        async with AsyncSqliteSaver.from_conn_string(common.fresh(path)) as saver:
             return await go(saver)
 
     elapsed = asyncio.run(main())
@@ -183,6 +185,7 @@ def cmd_concurrent(options: argparse.Namespace) -> None:
             "steps": options.steps,
             "total_s": elapsed,
             "steps_per_s": total / elapsed,
+            "store_bytes_total": common.files_size(path) if options.store == "file" else None,
         }
     )
 

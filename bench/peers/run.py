@@ -273,6 +273,7 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], bench_pyth
     row(f"history of the finished {steps_long}-step run: ms to list", "run", "history_s", 1e3, 2, steps=steps_long, store="file")
     row("store size after the 100-step run: KB", "run", "store_bytes", 1 / 1024, 0, steps=100, store="file")
     row(f"store size after the {steps_long}-step run: KB", "run", "store_bytes", 1 / 1024, 0, steps=steps_long, store="file")
+    row(f"store size after the {runs} concurrent 100-step runs (whole file): KB", "concurrent", "store_bytes_total", 1 / 1024, 0, store="file")
     row(f"resume after SIGKILL at step {steps_long // 2}: ms from process spawn to the next step", "resume", "spawn_to_next_step_s", 1e3, 1)
     row("resume: ms from store open (after imports) to the next step", "resume", "open_to_next_step_s", 1e3, 1)
     row("resume: ms of imports before the store is opened", "resume", "imports_s", 1e3, 1)
