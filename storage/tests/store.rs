@@ -813,13 +813,13 @@ fn a_run_starts_with_its_sentinel() {
 
 /// A store of format version 1 (no sentinels) opens: read-only as it is, and a writer
 /// marks it version 2, which older builds refuse. Its runs read and continue as before.
+/// The fixture is a store an older build wrote, kept as it was (never re-blessed).
 #[test]
 fn a_version_1_store_opens_and_a_writer_marks_it_version_2() {
     let dir = tmp();
     let path = dir.path().join("v1.redb");
     std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fixtures/journals/specialist_host_tool.redb"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/journals/agent_invoked_v1.redb"),
         &path,
     )
     .unwrap();
