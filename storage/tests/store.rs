@@ -43,14 +43,19 @@ fn start_run(
     thread: &str,
     status: RunStatus,
 ) -> AppendAck {
+    start_run_with(store, run, "{}", meta(run, tenant, thread, status))
+}
+
+/// Creates `run` with a RunStarted record of `payload`.
+fn start_run_with(store: &Store, run: RunId, payload: &str, meta: RunMeta) -> AppendAck {
     store
         .append_blocking(AppendRequest {
             run: Some(RunAppend {
                 run_id: run,
                 expected_first_seq: Some(1),
-                records: vec![rec(RecordKind::RunStarted, "{}")],
+                records: vec![rec(RecordKind::RunStarted, payload)],
             }),
-            index_updates: vec![IndexUpdate::CreateRun(meta(run, tenant, thread, status))],
+            index_updates: vec![IndexUpdate::CreateRun(meta)],
             precondition: Precondition::RunAbsent(run),
         })
         .unwrap()
@@ -697,22 +702,12 @@ fn interleaved_runs_keep_their_small_records_packed() {
     let prompt = format!("{{\"prompt\":\"{}\"}}", "p".repeat(8_000));
     let runs: Vec<RunId> = (0..32).map(|_| RunId::generate()).collect();
     for run in &runs {
-        store
-            .append_blocking(AppendRequest {
-                run: Some(RunAppend {
-                    run_id: *run,
-                    expected_first_seq: Some(1),
-                    records: vec![rec(RecordKind::RunStarted, &prompt)],
-                }),
-                index_updates: vec![IndexUpdate::CreateRun(meta(
-                    *run,
-                    "t",
-                    "th",
-                    RunStatus::Running,
-                ))],
-                ..Default::default()
-            })
-            .unwrap();
+        start_run_with(
+            &store,
+            *run,
+            &prompt,
+            meta(*run, "t", "th", RunStatus::Running),
+        );
     }
     let small = format!("{{\"text\":\"{}\"}}", "s".repeat(300));
     for _ in 0..40 {
@@ -766,22 +761,12 @@ fn a_run_starts_with_its_sentinel() {
         parent: None,
     })
     .unwrap();
-    store
-        .append_blocking(AppendRequest {
-            run: Some(RunAppend {
-                run_id: run,
-                expected_first_seq: Some(1),
-                records: vec![rec(RecordKind::RunStarted, &started)],
-            }),
-            index_updates: vec![IndexUpdate::CreateRun(meta(
-                run,
-                "t",
-                "th",
-                RunStatus::Running,
-            ))],
-            ..Default::default()
-        })
-        .unwrap();
+    start_run_with(
+        &store,
+        run,
+        &started,
+        meta(run, "t", "th", RunStatus::Running),
+    );
     append(&store, run, 2).unwrap();
     let seqs: Vec<u64> = store
         .records(run, 0)
