@@ -743,6 +743,50 @@ fn interleaved_runs_keep_their_small_records_packed() {
     );
 }
 
+/// Threads whose memory opens with a large entry take turns appending small ones, as
+/// concurrent conversations do: the small entries share leaf pages. The journal needed its
+/// run sentinel for that (FORMAT.md, "Key encodings"); the memory table, whose keys are of
+/// variable length, measured 192 leaves here without one. This guards that against a
+/// change in redb.
+#[test]
+fn interleaved_threads_keep_their_small_memory_entries_packed() {
+    let dir = tmp();
+    let path = dir.path().join("memory.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let append = |thread: usize, entry: String| {
+        store
+            .append_blocking(AppendRequest {
+                index_updates: vec![IndexUpdate::AppendMemory {
+                    tenant: "t".into(),
+                    thread: format!("thread-{thread:03}"),
+                    agent: "a".into(),
+                    entries: vec![entry],
+                }],
+                ..Default::default()
+            })
+            .unwrap();
+    };
+    for thread in 0..32 {
+        append(thread, "p".repeat(8_000));
+    }
+    for _ in 0..40 {
+        for thread in 0..32 {
+            append(thread, "s".repeat(300));
+        }
+    }
+    store.close().unwrap();
+
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    let stats = txn.stats().unwrap();
+    let small_entries = 32 * 40;
+    assert!(
+        stats.leaf_pages() < 32 + small_entries / 3,
+        "{} leaf pages for {small_entries} small memory entries",
+        stats.leaf_pages()
+    );
+}
+
 /// Each run's range in `journal` opens with an empty entry at seq 0, which readers skip.
 #[test]
 fn a_run_starts_with_its_sentinel() {
