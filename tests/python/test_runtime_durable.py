@@ -499,3 +499,93 @@ def test_flowai_command_from_python(flow: ModuleType, tmp_path: Path) -> None:
     records = [json.loads(line) for line in exported.stdout.splitlines()]
     with flow.runtime(path) as reopened:
         assert records == reopened.journal(stream.run_id)
+
+
+FILL = textwrap.dedent(
+    '''
+    import asyncio
+    import json
+    import sys
+
+    from flowai_harness import create_runtime, define_runtime, define_specialist, define_tenant, define_tool
+
+    @define_tool("note", {"n": int})
+    def note(args, ctx):
+        return {"n": args["n"], "text": "x" * 2000}
+
+    SPEC = define_runtime(
+        define_tenant("acme", "v1"),
+        agents=[define_specialist("writer", model="claude-sonnet-4-6", prompt="You write.", tools=[note])],
+        providers={"anthropic": {"apiKey": "unused"}},
+    )
+    SCRIPT = json.dumps({"script": [{"tool": "note", "args": {"n": n}} for n in range(50)]})
+
+    async def one(rt, i):
+        stream = rt.run_specialist("writer", SCRIPT, f"thread-{i}")
+        try:
+            async for _ in stream:
+                pass
+        except Exception as error:
+            return stream.run_id, f"{type(error).__name__}: {error}"
+        return stream.run_id, None
+
+    if __name__ == "__main__":
+        rt = create_runtime(SPEC, interpreter="scripted", store=sys.argv[1])
+        for i in range(10_000):
+            run_id, error = asyncio.run(one(rt, i))
+            if error is None:
+                print("completed", run_id, flush=True)
+            else:
+                print("failed", run_id, error, flush=True)
+                break
+        try:
+            rt.close()
+        except Exception as error:
+            print("close", f"{type(error).__name__}: {error}", flush=True)
+    '''
+)
+
+
+def test_a_full_disk_fails_the_run_clearly_and_it_resumes_once_there_is_room(tmp_path: Path) -> None:
+    """Runs go on until the store's files cannot grow (`ulimit -f`, as a full disk or a
+    quota would stop them); the run that hit it fails with the store's error, and once the
+    store can grow again every completed run is intact and the failed one resumes."""
+    script = tmp_path / "fill.py"
+    script.write_text(FILL, encoding="utf-8")
+    path = str(tmp_path / "full.redb")
+    # SIGXFSZ ignored (kept across exec): the write fails with EFBIG instead of killing.
+    shell = "trap '' XFSZ; ulimit -f 16384 && exec \"$0\" \"$1\" \"$2\""
+    done = subprocess.run(
+        ["sh", "-c", shell, sys.executable, str(script), path],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    completed = [line.split()[1] for line in lines if line.startswith("completed ")]
+    [failed] = [line.split(maxsplit=2)[1:] for line in lines if line.startswith("failed ")]
+    failed_run, error = failed
+    assert len(completed) >= 2, done.stdout
+    assert "full.redb" in error and "File too large" in error, error
+
+    flow_spec = importlib.util.spec_from_file_location("fill_flow", script)
+    assert flow_spec is not None and flow_spec.loader is not None
+    fill = importlib.util.module_from_spec(flow_spec)
+    flow_spec.loader.exec_module(fill)
+    runtime = create_runtime(fill.SPEC, interpreter="scripted", store=path)
+    for run_id in completed:
+        assert runtime.run(run_id)["status"] == "completed"
+    pending = [r["runId"] for r in runtime.pending()]
+    if failed_run in pending:
+        assert runtime.run(failed_run)["status"] == "interrupted"
+        events = drain(runtime.resume(failed_run))
+        results = [e for e in events if e["type"] == "tool-invocation" and e.get("state") == "result"]
+        assert results, events
+        assert runtime.run(failed_run)["status"] == "completed"
+    else:
+        # The limit was hit by the run's first commit: nothing of it was written.
+        with pytest.raises(FlowAIValueError, match="run not found"):
+            runtime.run(failed_run)
+    runtime.close()
