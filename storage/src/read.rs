@@ -11,7 +11,7 @@ use crate::keys::{
     prefix_end, reference_key, run_key, split_journal_key, status_key,
 };
 use crate::record::{self, RecordView, StoredRecord};
-use crate::store::{DbResult, Store};
+use crate::store::{DbResult, Store, guard_pages};
 use crate::tables::{self, ApprovalRowJson, PlanRowJson, ReferenceRowJson, RunRow};
 use crate::types::{
     ApprovalRow, ApprovalStatus, PlanRow, ReferenceEntry, RunFilter, RunId, RunInfo,
@@ -69,160 +69,219 @@ impl Store {
         f: &mut dyn FnMut(u64, RecordView<'_>) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
         let label = self.label();
-        let txn = self.read_txn()?;
-        let journal = txn.open_table(tables::JOURNAL).db(label)?;
-        let lo = journal_key(run, from_seq.max(1));
-        let hi = journal_key(run, u64::MAX);
-        for entry in journal
-            .range::<&[u8; JOURNAL_KEY_LEN]>(&lo..=&hi)
-            .db(label)?
-        {
-            let (key, value) = entry.db(label)?;
-            let (_, seq) = split_journal_key(key.value());
-            let view = record::decode(value.value()).map_err(|e| {
-                StoreError::corrupt(label, format!("journal record seq {seq} of run {run}"), e)
-            })?;
-            if f(seq, view).is_break() {
-                break;
+        // Set while `f` runs: a panic then is the caller's, not a damaged page, and goes
+        // on unwinding.
+        let mut in_callback = false;
+        let scanned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let txn = self.read_txn()?;
+            let journal = txn.open_table(tables::JOURNAL).db(label)?;
+            let lo = journal_key(run, from_seq.max(1));
+            let hi = journal_key(run, u64::MAX);
+            for entry in journal
+                .range::<&[u8; JOURNAL_KEY_LEN]>(&lo..=&hi)
+                .db(label)?
+            {
+                let (key, value) = entry.db(label)?;
+                let (_, seq) = split_journal_key(key.value());
+                let view = record::decode(value.value()).map_err(|e| {
+                    StoreError::corrupt(label, format!("journal record seq {seq} of run {run}"), e)
+                })?;
+                in_callback = true;
+                let flow = f(seq, view);
+                in_callback = false;
+                if flow.is_break() {
+                    break;
+                }
             }
+            Ok(())
+        }));
+        match scanned {
+            Ok(scanned) => scanned,
+            Err(panic) if in_callback => std::panic::resume_unwind(panic),
+            Err(panic) => guard_pages(
+                label,
+                || format!("the journal of run {run}"),
+                || std::panic::resume_unwind(panic),
+            ),
         }
-        Ok(())
     }
 
     /// The last seq of `run` (= its number of records); 0 when it has none.
     pub fn last_seq(&self, run: RunId) -> Result<u64, StoreError> {
-        let txn = self.read_txn()?;
-        let journal = txn.open_table(tables::JOURNAL).db(self.label())?;
-        last_seq_in(&journal, run).db(self.label())
+        guard_pages(
+            self.label(),
+            || format!("the journal of run {run}"),
+            || {
+                let txn = self.read_txn()?;
+                let journal = txn.open_table(tables::JOURNAL).db(self.label())?;
+                last_seq_in(&journal, run).db(self.label())
+            },
+        )
     }
 
     /// The run's row with its record count and pending approvals.
     pub fn run(&self, run: RunId) -> Result<Option<RunInfo>, StoreError> {
-        let txn = self.read_txn()?;
-        let reader = RunReader::new(&txn, self.label())?;
-        match reader.row(run)? {
-            None => Ok(None),
-            Some(row) => reader.info(run, row).map(Some),
-        }
+        guard_pages(
+            self.label(),
+            || format!("the run {run}"),
+            || {
+                let txn = self.read_txn()?;
+                let reader = RunReader::new(&txn, self.label())?;
+                match reader.row(run)? {
+                    None => Ok(None),
+                    Some(row) => reader.info(run, row).map(Some),
+                }
+            },
+        )
     }
 
     /// Runs matching `filter`, newest first (ULID order, descending), at most `filter.limit`
     /// (0 = all). Uses the tenant, thread or status index rather than reading every run.
     pub fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunInfo>, StoreError> {
-        let label = self.label();
-        let txn = self.read_txn()?;
-        let reader = RunReader::new(&txn, label)?;
-        let limit = if filter.limit == 0 {
-            usize::MAX
-        } else {
-            filter.limit
-        };
-        let mut out = Vec::new();
-        let mut visit = |run: RunId| -> Result<bool, StoreError> {
-            if let Some(row) = reader.row(run)?
-                && filter.tenant.as_ref().is_none_or(|t| *t == row.tenant)
-                && filter.thread.as_ref().is_none_or(|t| *t == row.thread)
-                && filter.status.is_none_or(|s| s == row.status)
-            {
-                out.push(reader.info(run, row)?);
-            }
-            Ok(out.len() < limit)
-        };
-        let run_at_end = |key: &[u8]| {
-            key.len()
-                .checked_sub(16)
-                .and_then(|start| keys::run_from_key(&key[start..]))
-        };
-        match (&filter.tenant, &filter.thread, filter.status) {
-            (Some(tenant), thread, _) => {
-                let (table, prefix) = match thread {
-                    Some(thread) => (
-                        tables::RUNS_BY_THREAD,
-                        KeyBuf::new().str(tenant).str(thread).into_vec(),
-                    ),
-                    None => (tables::RUNS_BY_TENANT, KeyBuf::new().str(tenant).into_vec()),
+        guard_pages(
+            self.label(),
+            || String::from("the runs and their indexes"),
+            || {
+                let label = self.label();
+                let txn = self.read_txn()?;
+                let reader = RunReader::new(&txn, label)?;
+                let limit = if filter.limit == 0 {
+                    usize::MAX
+                } else {
+                    filter.limit
                 };
-                let index = txn.open_table(table).db(label)?;
-                for entry in prefix_range(&index, &prefix).db(label)?.rev() {
-                    let (key, _) = entry.db(label)?;
-                    if let Some(run) = run_at_end(key.value())
-                        && !visit(run)?
+                let mut out = Vec::new();
+                let mut visit = |run: RunId| -> Result<bool, StoreError> {
+                    if let Some(row) = reader.row(run)?
+                        && filter.tenant.as_ref().is_none_or(|t| *t == row.tenant)
+                        && filter.thread.as_ref().is_none_or(|t| *t == row.thread)
+                        && filter.status.is_none_or(|s| s == row.status)
                     {
-                        break;
+                        out.push(reader.info(run, row)?);
+                    }
+                    Ok(out.len() < limit)
+                };
+                let run_at_end = |key: &[u8]| {
+                    key.len()
+                        .checked_sub(16)
+                        .and_then(|start| keys::run_from_key(&key[start..]))
+                };
+                match (&filter.tenant, &filter.thread, filter.status) {
+                    (Some(tenant), thread, _) => {
+                        let (table, prefix) = match thread {
+                            Some(thread) => (
+                                tables::RUNS_BY_THREAD,
+                                KeyBuf::new().str(tenant).str(thread).into_vec(),
+                            ),
+                            None => (tables::RUNS_BY_TENANT, KeyBuf::new().str(tenant).into_vec()),
+                        };
+                        let index = txn.open_table(table).db(label)?;
+                        for entry in prefix_range(&index, &prefix).db(label)?.rev() {
+                            let (key, _) = entry.db(label)?;
+                            if let Some(run) = run_at_end(key.value())
+                                && !visit(run)?
+                            {
+                                break;
+                            }
+                        }
+                    }
+                    (None, _, Some(status)) => {
+                        let index = txn.open_table(tables::RUNS_BY_STATUS).db(label)?;
+                        let lo = status_key(status.tag(), ulid::Ulid(0));
+                        let hi = status_key(status.tag(), ulid::Ulid(u128::MAX));
+                        for entry in index
+                            .range::<&[u8; keys::STATUS_KEY_LEN]>(&lo..=&hi)
+                            .db(label)?
+                            .rev()
+                        {
+                            let (key, _) = entry.db(label)?;
+                            if let Some(run) = keys::run_from_key(&key.value()[1..])
+                                && !visit(run)?
+                            {
+                                break;
+                            }
+                        }
+                    }
+                    (None, _, None) => {
+                        let runs = txn.open_table(tables::RUNS).db(label)?;
+                        for entry in runs.iter().db(label)?.rev() {
+                            let (key, _) = entry.db(label)?;
+                            if let Some(run) = keys::run_from_key(key.value())
+                                && !visit(run)?
+                            {
+                                break;
+                            }
+                        }
                     }
                 }
-            }
-            (None, _, Some(status)) => {
-                let index = txn.open_table(tables::RUNS_BY_STATUS).db(label)?;
-                let lo = status_key(status.tag(), ulid::Ulid(0));
-                let hi = status_key(status.tag(), ulid::Ulid(u128::MAX));
-                for entry in index
-                    .range::<&[u8; keys::STATUS_KEY_LEN]>(&lo..=&hi)
-                    .db(label)?
-                    .rev()
-                {
-                    let (key, _) = entry.db(label)?;
-                    if let Some(run) = keys::run_from_key(&key.value()[1..])
-                        && !visit(run)?
-                    {
-                        break;
-                    }
-                }
-            }
-            (None, _, None) => {
-                let runs = txn.open_table(tables::RUNS).db(label)?;
-                for entry in runs.iter().db(label)?.rev() {
-                    let (key, _) = entry.db(label)?;
-                    if let Some(run) = keys::run_from_key(key.value())
-                        && !visit(run)?
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(out)
+                Ok(out)
+            },
+        )
     }
 
     pub fn approval(&self, id: &str) -> Result<Option<ApprovalRow>, StoreError> {
-        let txn = self.read_txn()?;
-        let reader = RunReader::new(&txn, self.label())?;
-        reader.approval(id)
+        guard_pages(
+            self.label(),
+            || format!("the approval {id}"),
+            || {
+                let txn = self.read_txn()?;
+                let reader = RunReader::new(&txn, self.label())?;
+                reader.approval(id)
+            },
+        )
     }
 
     /// Every approval of `run`, in id order.
     pub fn approvals_of_run(&self, run: RunId) -> Result<Vec<ApprovalRow>, StoreError> {
-        let txn = self.read_txn()?;
-        let reader = RunReader::new(&txn, self.label())?;
-        reader.approvals_of(run)
+        guard_pages(
+            self.label(),
+            || format!("the approvals of run {run}"),
+            || {
+                let txn = self.read_txn()?;
+                let reader = RunReader::new(&txn, self.label())?;
+                reader.approvals_of(run)
+            },
+        )
     }
 
     /// The latest row of a tenant's plan.
     pub fn plan(&self, tenant: &str, plan_id: &str) -> Result<Option<PlanRow>, StoreError> {
-        let label = self.label();
-        let txn = self.read_txn()?;
-        let plans = txn.open_table(tables::PLANS).db(label)?;
-        match plans.get(plan_key(tenant, plan_id).as_slice()).db(label)? {
-            None => Ok(None),
-            Some(g) => tables::from_json::<PlanRowJson>(g.value())
-                .and_then(PlanRowJson::into_row)
-                .map(Some)
-                .map_err(|e| {
-                    StoreError::corrupt(
-                        label,
-                        format!("plans row {plan_id:?} of tenant {tenant:?}"),
-                        e,
-                    )
-                }),
-        }
+        guard_pages(
+            self.label(),
+            || format!("the plan {plan_id:?} of tenant {tenant:?}"),
+            || {
+                let label = self.label();
+                let txn = self.read_txn()?;
+                let plans = txn.open_table(tables::PLANS).db(label)?;
+                match plans.get(plan_key(tenant, plan_id).as_slice()).db(label)? {
+                    None => Ok(None),
+                    Some(g) => tables::from_json::<PlanRowJson>(g.value())
+                        .and_then(PlanRowJson::into_row)
+                        .map(Some)
+                        .map_err(|e| {
+                            StoreError::corrupt(
+                                label,
+                                format!("plans row {plan_id:?} of tenant {tenant:?}"),
+                                e,
+                            )
+                        }),
+                }
+            },
+        )
     }
 
     /// The spec JSON recorded under `hash`.
     pub fn spec(&self, hash: &str) -> Result<Option<String>, StoreError> {
-        let label = self.label();
-        let txn = self.read_txn()?;
-        let specs = txn.open_table(tables::SPECS).db(label)?;
-        Ok(specs.get(hash).db(label)?.map(|g| g.value().to_owned()))
+        guard_pages(
+            self.label(),
+            || format!("the spec {hash}"),
+            || {
+                let label = self.label();
+                let txn = self.read_txn()?;
+                let specs = txn.open_table(tables::SPECS).db(label)?;
+                Ok(specs.get(hash).db(label)?.map(|g| g.value().to_owned()))
+            },
+        )
     }
 
     /// The thread memory of an agent: entry JSON texts in append order.
@@ -232,19 +291,25 @@ impl Store {
         thread: &str,
         agent: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let label = self.label();
-        let txn = self.read_txn()?;
-        let memory = txn.open_table(tables::MEMORY).db(label)?;
-        let prefix = memory_prefix(tenant, thread, agent);
-        let mut out = Vec::new();
-        for entry in prefix_range(&memory, &prefix).db(label)? {
-            let (key, value) = entry.db(label)?;
-            // Only keys of exactly this (tenant, thread, agent): prefix + 8-byte index.
-            if key.value().len() == prefix.len() + 8 {
-                out.push(value.value().to_owned());
-            }
-        }
-        Ok(out)
+        guard_pages(
+            self.label(),
+            || format!("the memory of thread {thread:?} (agent {agent:?}, tenant {tenant:?})"),
+            || {
+                let label = self.label();
+                let txn = self.read_txn()?;
+                let memory = txn.open_table(tables::MEMORY).db(label)?;
+                let prefix = memory_prefix(tenant, thread, agent);
+                let mut out = Vec::new();
+                for entry in prefix_range(&memory, &prefix).db(label)? {
+                    let (key, value) = entry.db(label)?;
+                    // Only keys of exactly this (tenant, thread, agent): prefix + 8-byte index.
+                    if key.value().len() == prefix.len() + 8 {
+                        out.push(value.value().to_owned());
+                    }
+                }
+                Ok(out)
+            },
+        )
     }
 
     /// A reference of `tenant`, or `None` if it is missing, expired at `now_ms`, or another
@@ -256,19 +321,27 @@ impl Store {
         id: &str,
         now_ms: i64,
     ) -> Result<Option<ReferenceEntry>, StoreError> {
-        let label = self.label();
-        let txn = self.read_txn()?;
-        let refs = txn.open_table(tables::REFERENCES).db(label)?;
-        let Some(g) = refs
-            .get(reference_key(tenant, kind, id).as_slice())
-            .db(label)?
-        else {
-            return Ok(None);
-        };
-        let entry = tables::from_json::<ReferenceRowJson>(g.value())
-            .map_err(|e| StoreError::corrupt(label, format!("references row {kind}/{id}"), e))?
-            .into_entry();
-        Ok((!entry.is_expired(now_ms)).then_some(entry))
+        guard_pages(
+            self.label(),
+            || format!("the reference {kind}/{id} of tenant {tenant:?}"),
+            || {
+                let label = self.label();
+                let txn = self.read_txn()?;
+                let refs = txn.open_table(tables::REFERENCES).db(label)?;
+                let Some(g) = refs
+                    .get(reference_key(tenant, kind, id).as_slice())
+                    .db(label)?
+                else {
+                    return Ok(None);
+                };
+                let entry = tables::from_json::<ReferenceRowJson>(g.value())
+                    .map_err(|e| {
+                        StoreError::corrupt(label, format!("references row {kind}/{id}"), e)
+                    })?
+                    .into_entry();
+                Ok((!entry.is_expired(now_ms)).then_some(entry))
+            },
+        )
     }
 }
 

@@ -298,14 +298,60 @@ fn create_file(path: &Path, found_absent_at: std::time::SystemTime) -> Result<()
     Ok(())
 }
 
+/// Runs an open of the store at `path`, turning a panic into [`StoreError::Corrupt`].
+///
+/// redb trusts the bytes of its pages: on a damaged file some of its reads index past a
+/// page and panic (seen: a leaf's key offsets, while loading the allocator state at open).
+/// Opening is where a damaged file is met first, and nothing opened is kept when it fails:
+/// the database, the log and the file lock are dropped as the panic unwinds.
+fn guard_open(
+    path: &Path,
+    open: impl FnOnce() -> Result<Store, StoreError>,
+) -> Result<Store, StoreError> {
+    guard_pages(
+        &path.display().to_string(),
+        || "opening the file".into(),
+        open,
+    )
+}
+
+/// Runs `read`, which reads the store's pages, turning a panic of redb on damaged bytes
+/// into [`StoreError::Corrupt`] at `location` (see [`guard_open`]). Only for code that
+/// calls nothing of the caller's: a panic there is not the file's.
+pub(crate) fn guard_pages<T>(
+    label: &str,
+    location: impl FnOnce() -> String,
+    read: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
+        let detail = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic without a message");
+        Err(StoreError::corrupt(
+            label,
+            location(),
+            format!(
+                "the database engine could not read its pages ({detail}); restore the file from a backup"
+            ),
+        ))
+    })
+}
+
 impl Store {
     /// Opens (creating if missing, with mode 0o600) the store at `path` for writing.
     ///
     /// In one process, opening a path that is already open returns that same store, whatever
     /// the options. Another process holding the file gives [`StoreError::Locked`]. Runs found
-    /// `running` become `interrupted`: the process that ran them is gone.
+    /// `running` become `interrupted`: the process that ran them is gone. A damaged file
+    /// gives [`StoreError::Corrupt`], also where redb itself would panic on its bytes.
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StoreError> {
         let given = path.as_ref();
+        guard_open(given, || Self::open_unguarded(given, options))
+    }
+
+    fn open_unguarded(given: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         let mut registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
         let looked_at = std::time::SystemTime::now();
         let canonical = match std::fs::canonicalize(given) {
@@ -426,9 +472,14 @@ impl Store {
     /// Opens the store at `path` for reading only; never changes the file.
     ///
     /// Beside a writer of another process this works only if that writer opened the store
-    /// with `shared_reads`; otherwise [`StoreError::Locked`] says so.
+    /// with `shared_reads`; otherwise [`StoreError::Locked`] says so. A damaged file gives
+    /// [`StoreError::Corrupt`], as [`Store::open`] does.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store, StoreError> {
         let given = path.as_ref();
+        guard_open(given, || Self::open_read_only_unguarded(given))
+    }
+
+    fn open_read_only_unguarded(given: &Path) -> Result<Store, StoreError> {
         let mut registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
         let canonical = match std::fs::canonicalize(given) {
             Ok(p) => p,

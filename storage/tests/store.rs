@@ -787,6 +787,118 @@ fn interleaved_threads_keep_their_small_memory_entries_packed() {
     );
 }
 
+/// A damaged store file gives errors, never a panic: for each of a set of damages (bytes
+/// flipped over two pages, at every other page of the file), opening as a reader and as a
+/// writer, then reading every run, either works or fails with an error. Where redb would
+/// panic on the bytes the error is `Corrupt`, which some of the damages must reach.
+#[test]
+fn a_damaged_file_gives_errors_not_panics() {
+    let dir = tmp();
+    let pristine = dir.path().join("pristine.redb");
+    let mut runs = Vec::new();
+    {
+        let store = Store::open(&pristine, StoreOptions::default()).unwrap();
+        let text = format!("{{\"text\":\"{}\"}}", "s".repeat(400));
+        for r in 0..3 {
+            let run = RunId::generate();
+            runs.push(run);
+            let first = format!("{{\"n\":{r}}}");
+            start_run_with(
+                &store,
+                run,
+                &first,
+                meta(run, "t", "th", RunStatus::Running),
+            );
+            for _ in 0..30 {
+                store
+                    .append_blocking(AppendRequest {
+                        run: Some(RunAppend {
+                            run_id: run,
+                            expected_first_seq: None,
+                            records: vec![rec(RecordKind::StreamEmitted, &text)],
+                        }),
+                        ..Default::default()
+                    })
+                    .unwrap();
+            }
+        }
+        store.close().unwrap();
+    }
+    let bytes = std::fs::read(&pristine).unwrap();
+    let pages = bytes.len() / 4096;
+    let (mut caught, mut worked) = (0, 0);
+    for first in (1..pages).step_by(2) {
+        let mut damaged = bytes.clone();
+        for at in (first * 4096..((first + 2) * 4096).min(damaged.len())).step_by(7) {
+            damaged[at] ^= 0xA5;
+        }
+        let path = dir.path().join(format!("damaged-{first}.redb"));
+        std::fs::write(&path, &damaged).unwrap();
+        for writer in [false, true] {
+            let opened = if writer {
+                Store::open(&path, StoreOptions::default())
+            } else {
+                Store::open_read_only(&path)
+            };
+            let mut outcomes = vec![opened.as_ref().map(|_| ()).map_err(ToString::to_string)];
+            if let Ok(store) = &opened {
+                outcomes.push(
+                    store
+                        .list_runs(&RunFilter::default())
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                );
+                for run in &runs {
+                    outcomes.push(
+                        store
+                            .records(*run, 1)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                    );
+                    outcomes.push(store.run(*run).map(|_| ()).map_err(|e| e.to_string()));
+                }
+            }
+            for outcome in outcomes {
+                match outcome {
+                    Ok(()) => worked += 1,
+                    Err(e) if e.contains("could not read its pages") => {
+                        assert!(e.contains(&format!("damaged-{first}.redb")), "{e}");
+                        caught += 1;
+                    }
+                    Err(_) => {}
+                }
+            }
+            if let Ok(store) = opened {
+                let _ = store.close();
+            }
+        }
+    }
+    assert!(
+        caught > 0,
+        "no damage reached a panic of redb ({worked} reads worked)"
+    );
+    assert!(worked > 0);
+}
+
+/// A panic of the caller's own callback in `scan_records` stays a panic: only redb's on
+/// damaged pages becomes `Corrupt`.
+#[test]
+fn a_scan_callbacks_panic_is_not_taken_for_a_damaged_page() {
+    let store = Store::in_memory().unwrap();
+    let run = RunId::generate();
+    start_run_with(&store, run, "{}", meta(run, "t", "th", RunStatus::Running));
+    let scanned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.scan_records(run, 1, &mut |_, _| panic!("the caller's own bug"))
+    }));
+    let panic = scanned.expect_err("the callback's panic went on unwinding");
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"the caller's own bug"));
+    assert_eq!(
+        store.records(run, 1).unwrap().len(),
+        1,
+        "the store still reads"
+    );
+}
+
 /// Each run's range in `journal` opens with an empty entry at seq 0, which readers skip.
 #[test]
 fn a_run_starts_with_its_sentinel() {
