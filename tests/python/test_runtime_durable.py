@@ -589,3 +589,40 @@ def test_a_full_disk_fails_the_run_clearly_and_it_resumes_once_there_is_room(tmp
         with pytest.raises(FlowAIValueError, match="run not found"):
             runtime.run(failed_run)
     runtime.close()
+
+
+def test_a_damaged_store_file_raises_flowai_errors_not_panics(flow: ModuleType, tmp_path: Path) -> None:
+    """Bytes flipped over two pages, at every fourth page of a store: opening it and reading
+    its runs either works or raises FlowAIError, never pyo3's PanicException (a
+    BaseException that `except Exception` does not catch)."""
+    pristine = tmp_path / "pristine.redb"
+    runtime = flow.runtime(str(pristine))
+    run_ids = []
+    for n in range(3):
+        stream = runtime.query(flow.SCRIPT, f"thread-{n}")
+        answer_all(runtime, stream)
+        run_ids.append(stream.run_id)
+    runtime.close()
+    data = pristine.read_bytes()
+    corrupt = 0
+    for first in range(1, len(data) // 4096, 4):
+        damaged = bytearray(data)
+        for at in range(first * 4096, min((first + 2) * 4096, len(damaged)), 7):
+            damaged[at] ^= 0xA5
+        path = tmp_path / f"damaged-{first}.redb"
+        path.write_bytes(bytes(damaged))
+        try:
+            opened = flow.runtime(str(path))
+            try:
+                for run_id in run_ids:
+                    opened.journal(run_id)
+            finally:
+                try:
+                    opened.close()
+                except FlowAIError:
+                    pass
+        except FlowAIError as error:
+            if "corrupt data" in str(error):
+                assert str(path) in str(error)
+                corrupt += 1
+    assert corrupt > 0
