@@ -10,6 +10,7 @@ use flowai_storage::{
     AppendRequest, ApprovalStatus, Clock, IndexUpdate, Precondition, Record, ReferenceEntry,
     RunAppend, RunFilter, RunId, RunInfo, RunStatus, Store, StoreError,
 };
+use futures::FutureExt;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -477,7 +478,22 @@ impl Runtime {
             let driver = Driver::new(Arc::clone(&shared), journal, Some(control_rx), cancelled);
             let cleanup = Arc::clone(&shared);
             let task = shared.handle.spawn(async move {
-                let result = driver.run(started).await;
+                // A panic in the driver (redb's, on a damaged page it commits over, or a bug)
+                // ends the run with an error the stream yields, rather than ending the stream
+                // as if the run had finished and leaving it marked as driven here.
+                let result = std::panic::AssertUnwindSafe(driver.run(started))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| {
+                        let detail = panic
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| panic.downcast_ref::<&str>().copied())
+                            .unwrap_or("a panic without a message");
+                        Err(EngineError::Internal(format!(
+                            "the run's driver panicked: {detail}"
+                        )))
+                    });
                 if let Err(e) = &result {
                     tracing::warn!(run_id = %run, error = %e, "run stopped");
                 }

@@ -555,3 +555,56 @@ async fn an_approval_reaches_the_driver_through_another_runtime_of_the_store() {
     assert_eq!(host.tool_call_count(), 1);
     driving.runtime.verify(stream.run_id()).await.unwrap();
 }
+
+/// A panic inside the driver (here a host whose handler panics; in the field, redb on a
+/// damaged page) ends the stream with an error, not as if the run had finished, and the
+/// run is no longer taken for one this runtime drives: it can be resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_driver_ends_the_stream_with_an_error() {
+    let panics = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let host = TestHost::new().handler("search", {
+        let panics = std::sync::Arc::clone(&panics);
+        move |_| {
+            if panics.load(std::sync::atomic::Ordering::SeqCst) {
+                panic!("the handler's bug");
+            }
+            Ok(json!({"hits": []}))
+        }
+    });
+    let built = build(
+        coordinator_spec(),
+        vec![host_tool(
+            "specialist",
+            "search",
+            json!({"type": "object", "properties": {"q": {"type": "string"}}}),
+            json!({"kind": "never"}),
+        )],
+        host,
+        Store::in_memory().unwrap(),
+        InterpreterChoice::Scripted,
+    )
+    .unwrap();
+    let prompt = r#"{"script": [{"tool": "search", "args": {"q": "a"}}]}"#;
+    let mut stream = built
+        .runtime
+        .run_specialist("specialist", prompt, Some("t1"), None)
+        .unwrap();
+    let mut error = None;
+    while let Some(item) = stream.next().await {
+        if let Err(e) = item {
+            error = Some(e.to_string());
+        }
+    }
+    let error = error.expect("the stream ended with an error");
+    assert!(
+        error.contains("the run's driver panicked: the handler's bug"),
+        "{error}"
+    );
+
+    panics.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut resumed = built.runtime.resume(stream.run_id(), false).unwrap();
+    let events = collect(&mut resumed).await;
+    assert!(types(&events).contains(&"tool-invocation:result".to_owned()));
+    let info = built.runtime.run(stream.run_id()).unwrap();
+    assert_eq!(info.meta.status, RunStatus::Completed);
+}
