@@ -51,6 +51,7 @@
 //! # }
 //! ```
 
+mod check;
 mod clock;
 mod error;
 mod keys;
@@ -66,6 +67,7 @@ mod types;
 mod wal;
 mod writer;
 
+pub use check::CheckReport;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StoreError;
 pub use rebuild::RebuildReport;

@@ -35,6 +35,8 @@ def test_the_flowai_command_reads_a_store(tmp_path: Path, capfd: pytest.CaptureF
     capfd.readouterr()
     assert _cli.main(["show", str(path), "01ARZ3NDEKTSV4RRFFQ69G5FAV"]) == 2
     assert _cli.main(["runs", str(tmp_path / "missing.redb")]) == 3
+    assert _cli.main(["check", str(path)]) == 0
+    assert capfd.readouterr().out.startswith("ok: 1 runs, ")
 
 
 def test_cli_passes_arguments_through(monkeypatch: pytest.MonkeyPatch) -> None:

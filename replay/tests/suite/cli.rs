@@ -208,6 +208,28 @@ async fn exit_codes() {
     let (code, _, _) = flowai(&["gc", "/nonexistent/x.redb"]);
     assert_eq!(code, 3);
     assert!(!Path::new("/nonexistent/x.redb").exists());
+
+    let (code, out, err) = flowai(&["check", p]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("ok: 3 runs, ") && out.contains("every page checksum verified"),
+        "{out}"
+    );
+    // One byte changed in a live page (where the first `"q":` is, of the recorded spec or
+    // of a record): plain reads would return the changed bytes as they are.
+    let mut bytes = std::fs::read(p).unwrap();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"\"q\":")
+        .expect("a recorded argument");
+    bytes[at + 1] = b'Q';
+    let damaged = dir.path().join("damaged.redb");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let (code, _, err) = flowai(&["check", damaged.to_str().unwrap()]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("the page checksums"), "{err}");
+    let (code, _, _) = flowai(&["check", "/nonexistent/x.redb"]);
+    assert_eq!(code, 3);
 }
 
 /// A writer in this process holds the file: the binary (another process) gets exit 3
