@@ -61,6 +61,27 @@ fn start_run_with(store: &Store, run: RunId, payload: &str, meta: RunMeta) -> Ap
         .unwrap()
 }
 
+/// Appends one StreamEmitted record with `payload` to `run`.
+fn append_text(store: &Store, run: RunId, payload: &str) -> AppendAck {
+    store
+        .append_blocking(AppendRequest {
+            run: Some(RunAppend {
+                run_id: run,
+                expected_first_seq: None,
+                records: vec![rec(RecordKind::StreamEmitted, payload)],
+            }),
+            ..Default::default()
+        })
+        .unwrap()
+}
+
+/// The leaf pages of every tree of the (closed) store at `path`, from redb's statistics.
+fn leaf_pages(path: &Path) -> u64 {
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.stats().unwrap().leaf_pages()
+}
+
 fn append(store: &Store, run: RunId, n: usize) -> Result<AppendAck, StoreError> {
     store.append_blocking(AppendRequest {
         run: Some(RunAppend {
@@ -712,16 +733,7 @@ fn interleaved_runs_keep_their_small_records_packed() {
     let small = format!("{{\"text\":\"{}\"}}", "s".repeat(300));
     for _ in 0..40 {
         for run in &runs {
-            store
-                .append_blocking(AppendRequest {
-                    run: Some(RunAppend {
-                        run_id: *run,
-                        expected_first_seq: None,
-                        records: vec![rec(RecordKind::StreamEmitted, &small)],
-                    }),
-                    ..Default::default()
-                })
-                .unwrap();
+            append_text(&store, *run, &small);
         }
     }
     for run in &runs {
@@ -730,16 +742,13 @@ fn interleaved_runs_keep_their_small_records_packed() {
     }
     store.close().unwrap();
 
-    let db = redb::Database::open(&path).unwrap();
-    let txn = db.begin_write().unwrap();
-    let stats = txn.stats().unwrap();
     let small_records = 32 * 40;
     // ~350 bytes each: a 4 KiB leaf holds about ten, half of that after even splits. The
     // 32 large records take one leaf each.
+    let leaves = leaf_pages(&path);
     assert!(
-        stats.leaf_pages() < 32 + small_records / 3,
-        "{} leaf pages for {small_records} small records",
-        stats.leaf_pages()
+        leaves < 32 + small_records / 3,
+        "{leaves} leaf pages for {small_records} small records"
     );
 }
 
@@ -776,14 +785,11 @@ fn interleaved_threads_keep_their_small_memory_entries_packed() {
     }
     store.close().unwrap();
 
-    let db = redb::Database::open(&path).unwrap();
-    let txn = db.begin_write().unwrap();
-    let stats = txn.stats().unwrap();
     let small_entries = 32 * 40;
+    let leaves = leaf_pages(&path);
     assert!(
-        stats.leaf_pages() < 32 + small_entries / 3,
-        "{} leaf pages for {small_entries} small memory entries",
-        stats.leaf_pages()
+        leaves < 32 + small_entries / 3,
+        "{leaves} leaf pages for {small_entries} small memory entries"
     );
 }
 
@@ -810,16 +816,7 @@ fn a_damaged_file_gives_errors_not_panics() {
                 meta(run, "t", "th", RunStatus::Running),
             );
             for _ in 0..30 {
-                store
-                    .append_blocking(AppendRequest {
-                        run: Some(RunAppend {
-                            run_id: run,
-                            expected_first_seq: None,
-                            records: vec![rec(RecordKind::StreamEmitted, &text)],
-                        }),
-                        ..Default::default()
-                    })
-                    .unwrap();
+                append_text(&store, run, &text);
             }
         }
         store.close().unwrap();
@@ -920,16 +917,7 @@ fn check_verifies_every_page_and_every_journal() {
             );
             for i in 0..20 {
                 let text = format!("{{\"text\":\"{marker}-{r}-{i}\"}}");
-                store
-                    .append_blocking(AppendRequest {
-                        run: Some(RunAppend {
-                            run_id: run,
-                            expected_first_seq: None,
-                            records: vec![rec(RecordKind::StreamEmitted, &text)],
-                        }),
-                        ..Default::default()
-                    })
-                    .unwrap();
+                append_text(&store, run, &text);
             }
         }
         store.close().unwrap();
