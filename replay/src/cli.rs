@@ -222,9 +222,14 @@ fn execute(command: Command, out: &mut dyn Write, err: &mut dyn Write) -> Result
                 }
                 .into());
             }
+            // A store this process holds (the command called from Python beside a runtime)
+            // is the holder's to close: closing it here would close it for the holder too.
+            let held_here = Store::is_open_in_this_process(&store);
             let store = Store::open(&store, StoreOptions::default())?;
             let removed = store.gc_references_blocking(SystemClock.now_ms())?;
-            store.close()?;
+            if !held_here {
+                store.close()?;
+            }
             line(out, &format!("removed {removed} expired references"))?;
             Ok(exit::OK)
         }

@@ -35,13 +35,20 @@ impl Store {
     ///    from 1 without a gap up to the run's last.
     ///
     /// A damage gives [`StoreError::Corrupt`] naming where it was found. The file must not
-    /// be open elsewhere: another process holding it gives [`StoreError::Locked`].
+    /// be open anywhere, this process included: a holder gives [`StoreError::Locked`].
     pub fn check(path: impl AsRef<Path>) -> Result<CheckReport, StoreError> {
         let path = path.as_ref();
         let label = path.display().to_string();
         // `Store::open` would create a missing file.
         if !path.exists() {
             return Err(StoreError::NotFound { path: label });
+        }
+        // Opening it here would give that store, and closing it close it for its holders.
+        if Store::is_open_in_this_process(path) {
+            return Err(StoreError::Locked {
+                path: label,
+                hint: "this process has it open; close it before checking it".into(),
+            });
         }
         Store::open(path, StoreOptions::default())?.close()?;
 

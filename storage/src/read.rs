@@ -11,7 +11,7 @@ use crate::keys::{
     prefix_end, reference_key, run_key, split_journal_key, status_key,
 };
 use crate::record::{self, RecordView, StoredRecord};
-use crate::store::{DbResult, Store, guard_pages};
+use crate::store::{DbResult, Store, guard_pages, pages_panicked};
 use crate::tables::{self, ApprovalRowJson, PlanRowJson, ReferenceRowJson, RunRow};
 use crate::types::{
     ApprovalRow, ApprovalStatus, PlanRow, ReferenceEntry, RunFilter, RunId, RunInfo,
@@ -98,11 +98,11 @@ impl Store {
         match scanned {
             Ok(scanned) => scanned,
             Err(panic) if in_callback => std::panic::resume_unwind(panic),
-            Err(panic) => guard_pages(
+            Err(panic) => Err(pages_panicked(
                 label,
-                || format!("the journal of run {run}"),
-                || std::panic::resume_unwind(panic),
-            ),
+                format!("the journal of run {run}"),
+                panic.as_ref(),
+            )),
         }
     }
 

@@ -323,23 +323,45 @@ pub(crate) fn guard_pages<T>(
     location: impl FnOnce() -> String,
     read: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
-        let detail = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("a panic without a message");
-        Err(StoreError::corrupt(
-            label,
-            location(),
-            format!(
-                "the database engine could not read its pages ({detail}); restore the file from a backup"
-            ),
-        ))
-    })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
+        .unwrap_or_else(|panic| Err(pages_panicked(label, location(), panic.as_ref())))
+}
+
+/// The [`StoreError::Corrupt`] a panic of redb reading the store's pages becomes.
+pub(crate) fn pages_panicked(
+    label: &str,
+    location: String,
+    panic: &(dyn std::any::Any + Send),
+) -> StoreError {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    StoreError::corrupt(
+        label,
+        location,
+        format!(
+            "the database engine could not read its pages ({detail}); restore the file from a backup"
+        ),
+    )
 }
 
 impl Store {
+    /// Whether this process has the store at `path` open (and not closed). Opening it again
+    /// here gives that same store, and closing that closes it for every holder.
+    pub fn is_open_in_this_process(path: impl AsRef<Path>) -> bool {
+        let Ok(canonical) = std::fs::canonicalize(path) else {
+            return false;
+        };
+        REGISTRY
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&canonical)
+            .and_then(Weak::upgrade)
+            .is_some_and(|inner| !inner.is_closed())
+    }
+
     /// Opens (creating if missing, with mode 0o600) the store at `path` for writing.
     ///
     /// In one process, opening a path that is already open returns that same store, whatever

@@ -927,6 +927,17 @@ fn check_verifies_every_page_and_every_journal() {
     assert_eq!(report.records, 3 * 21);
     assert!(!report.allocator_rebuilt);
 
+    // Held in this process: refused, and the holder's store stays open.
+    let held = Store::open(&path, StoreOptions::default()).unwrap();
+    assert!(Store::is_open_in_this_process(&path));
+    assert!(matches!(
+        Store::check(&path),
+        Err(StoreError::Locked { .. })
+    ));
+    append_text(&held, runs[0], "{}");
+    held.close().unwrap();
+    assert!(!Store::is_open_in_this_process(&path));
+
     // One byte changed inside a record of run 1, in the page that holds it.
     let mut bytes = std::fs::read(&path).unwrap();
     let needle = format!("{marker}-1-7");

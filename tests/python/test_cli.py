@@ -38,6 +38,15 @@ def test_the_flowai_command_reads_a_store(tmp_path: Path, capfd: pytest.CaptureF
     assert _cli.main(["check", str(path)]) == 0
     assert capfd.readouterr().out.startswith("ok: 1 runs, ")
 
+    # Beside a runtime of this process that holds the store: gc leaves it open for the
+    # runtime, check refuses.
+    held = create_runtime(spec, store=str(path))
+    assert _cli.main(["gc", str(path)]) == 0
+    assert _cli.main(["check", str(path)]) == 3
+    assert "this process has it open" in capfd.readouterr().err
+    assert held.run(run_id)["status"] == "completed"
+    held.close()
+
 
 def test_cli_passes_arguments_through(monkeypatch: pytest.MonkeyPatch) -> None:
     internal = importlib.import_module("flowai_harness._internal")
