@@ -11,7 +11,9 @@ use crate::keys::{
     prefix_end, reference_key, run_key, split_journal_key, status_key,
 };
 use crate::record::{self, RecordView, StoredRecord};
-use crate::store::{DbResult, Store, guard_pages, pages_panicked};
+use crate::store::{
+    DbResult, Store, guard_pages, not_reading_pages, pages_panicked, reading_pages,
+};
 use crate::tables::{self, ApprovalRowJson, PlanRowJson, ReferenceRowJson, RunRow};
 use crate::types::{
     ApprovalRow, ApprovalStatus, PlanRow, ReferenceEntry, RunFilter, RunId, RunInfo,
@@ -72,29 +74,35 @@ impl Store {
         // Set while `f` runs: a panic then is the caller's, not a damaged page, and goes
         // on unwinding.
         let mut in_callback = false;
-        let scanned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let txn = self.read_txn()?;
-            let journal = txn.open_table(tables::JOURNAL).db(label)?;
-            let lo = journal_key(run, from_seq.max(1));
-            let hi = journal_key(run, u64::MAX);
-            for entry in journal
-                .range::<&[u8; JOURNAL_KEY_LEN]>(&lo..=&hi)
-                .db(label)?
-            {
-                let (key, value) = entry.db(label)?;
-                let (_, seq) = split_journal_key(key.value());
-                let view = record::decode(value.value()).map_err(|e| {
-                    StoreError::corrupt(label, format!("journal record seq {seq} of run {run}"), e)
-                })?;
-                in_callback = true;
-                let flow = f(seq, view);
-                in_callback = false;
-                if flow.is_break() {
-                    break;
+        let scanned = reading_pages(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let txn = self.read_txn()?;
+                let journal = txn.open_table(tables::JOURNAL).db(label)?;
+                let lo = journal_key(run, from_seq.max(1));
+                let hi = journal_key(run, u64::MAX);
+                for entry in journal
+                    .range::<&[u8; JOURNAL_KEY_LEN]>(&lo..=&hi)
+                    .db(label)?
+                {
+                    let (key, value) = entry.db(label)?;
+                    let (_, seq) = split_journal_key(key.value());
+                    let view = record::decode(value.value()).map_err(|e| {
+                        StoreError::corrupt(
+                            label,
+                            format!("journal record seq {seq} of run {run}"),
+                            e,
+                        )
+                    })?;
+                    in_callback = true;
+                    let flow = not_reading_pages(|| f(seq, view));
+                    in_callback = false;
+                    if flow.is_break() {
+                        break;
+                    }
                 }
-            }
-            Ok(())
-        }));
+                Ok(())
+            }))
+        });
         match scanned {
             Ok(scanned) => scanned,
             Err(panic) if in_callback => std::panic::resume_unwind(panic),

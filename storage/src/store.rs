@@ -323,8 +323,42 @@ pub(crate) fn guard_pages<T>(
     location: impl FnOnce() -> String,
     read: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
+    reading_pages(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)))
         .unwrap_or_else(|panic| Err(pages_panicked(label, location(), panic.as_ref())))
+}
+
+thread_local! {
+    /// Set while this thread runs redb code whose panics become errors.
+    static READING_PAGES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the panics of this thread kept off stderr: they become an error that
+/// carries their message, and a panic report before it would read as a crash (the
+/// `flowai` command printed one above its one-line error). Installs, once, a panic hook
+/// that hands every other panic to the hook there was before.
+pub(crate) fn reading_pages<T>(f: impl FnOnce() -> T) -> T {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !READING_PAGES.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let outer = READING_PAGES.with(|flag| flag.replace(true));
+    let result = f();
+    READING_PAGES.with(|flag| flag.set(outer));
+    result
+}
+
+/// Runs `f`, the caller's own code called from inside [`reading_pages`], with its panics
+/// reported as usual.
+pub(crate) fn not_reading_pages<T>(f: impl FnOnce() -> T) -> T {
+    let outer = READING_PAGES.with(|flag| flag.replace(false));
+    let result = f();
+    READING_PAGES.with(|flag| flag.set(outer));
+    result
 }
 
 /// The [`StoreError::Corrupt`] a panic of redb reading the store's pages becomes.
