@@ -234,7 +234,14 @@ fn execute(command: Command, out: &mut dyn Write, err: &mut dyn Write) -> Result
             Ok(exit::OK)
         }
         Command::Check { store } => {
-            let report = Store::check(&store)?;
+            let mut bar = ProgressBar::hidden();
+            let report = Store::check_with_progress(&store, &mut |done, total| {
+                if done == 0 {
+                    bar = progress(total as u64, "check");
+                }
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
             let rebuilt = if report.allocator_rebuilt {
                 "; redb rebuilt its allocator state"
             } else {

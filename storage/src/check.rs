@@ -37,6 +37,15 @@ impl Store {
     /// A damage gives [`StoreError::Corrupt`] naming where it was found. The file must not
     /// be open anywhere, this process included: a holder gives [`StoreError::Locked`].
     pub fn check(path: impl AsRef<Path>) -> Result<CheckReport, StoreError> {
+        Self::check_with_progress(path, &mut |_, _| {})
+    }
+
+    /// [`Store::check`], calling `progress(runs checked, runs)` as the journals are read
+    /// (the longest part, for a progress bar).
+    pub fn check_with_progress(
+        path: impl AsRef<Path>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<CheckReport, StoreError> {
         let path = path.as_ref();
         let label = path.display().to_string();
         // `Store::open` would create a missing file.
@@ -87,7 +96,9 @@ impl Store {
             allocator_rebuilt,
             ..CheckReport::default()
         };
-        for info in store.list_runs(&RunFilter::default())? {
+        let runs = store.list_runs(&RunFilter::default())?;
+        progress(0, runs.len());
+        for info in &runs {
             let run = info.meta.run_id;
             let mut expected = 1;
             let mut gap = None;
@@ -117,6 +128,7 @@ impl Store {
             }
             report.runs += 1;
             report.records += read;
+            progress(report.runs, runs.len());
         }
         store.close()?;
         Ok(report)

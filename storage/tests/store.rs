@@ -922,7 +922,10 @@ fn check_verifies_every_page_and_every_journal() {
         }
         store.close().unwrap();
     }
-    let report = Store::check(&path).unwrap();
+    let mut seen = Vec::new();
+    let report =
+        Store::check_with_progress(&path, &mut |done, total| seen.push((done, total))).unwrap();
+    assert_eq!(seen, [(0, 3), (1, 3), (2, 3), (3, 3)]);
     assert_eq!(report.runs, 3);
     assert_eq!(report.records, 3 * 21);
     assert!(!report.allocator_rebuilt);
