@@ -11,9 +11,7 @@ use crate::keys::{
     prefix_end, reference_key, run_key, split_journal_key, status_key,
 };
 use crate::record::{self, RecordView, StoredRecord};
-use crate::store::{
-    DbResult, Store, guard_pages, not_reading_pages, pages_panicked, reading_pages,
-};
+use crate::store::{DbResult, Store, guard_pages, inside_redb, outside_redb, pages_panicked};
 use crate::tables::{self, ApprovalRowJson, PlanRowJson, ReferenceRowJson, RunRow};
 use crate::types::{
     ApprovalRow, ApprovalStatus, PlanRow, ReferenceEntry, RunFilter, RunId, RunInfo,
@@ -74,7 +72,7 @@ impl Store {
         // Set while `f` runs: a panic then is the caller's, not a damaged page, and goes
         // on unwinding.
         let mut in_callback = false;
-        let scanned = reading_pages(|| {
+        let scanned = inside_redb(|| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let txn = self.read_txn()?;
                 let journal = txn.open_table(tables::JOURNAL).db(label)?;
@@ -94,7 +92,7 @@ impl Store {
                         )
                     })?;
                     in_callback = true;
-                    let flow = not_reading_pages(|| f(seq, view));
+                    let flow = outside_redb(|| f(seq, view));
                     in_callback = false;
                     if flow.is_break() {
                         break;

@@ -323,41 +323,41 @@ pub(crate) fn guard_pages<T>(
     location: impl FnOnce() -> String,
     read: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    reading_pages(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)))
+    inside_redb(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)))
         .unwrap_or_else(|panic| Err(pages_panicked(label, location(), panic.as_ref())))
 }
 
 thread_local! {
     /// Set while this thread runs redb code whose panics become errors.
-    static READING_PAGES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static INSIDE_REDB: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `f` with the panics of this thread kept off stderr: they become an error that
-/// carries their message, and a panic report before it would read as a crash (the
-/// `flowai` command printed one above its one-line error). Installs, once, a panic hook
-/// that hands every other panic to the hook there was before.
-pub(crate) fn reading_pages<T>(f: impl FnOnce() -> T) -> T {
+/// Runs `f`, redb code whose panics become errors, with the panics of this thread kept
+/// off stderr: the error carries their message, and a panic report before it would read
+/// as a crash (the `flowai` command printed one above its one-line error). Installs, once,
+/// a panic hook that hands every other panic to the hook there was before.
+pub(crate) fn inside_redb<T>(f: impl FnOnce() -> T) -> T {
     static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
     QUIET_HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !READING_PAGES.with(std::cell::Cell::get) {
+            if !INSIDE_REDB.with(std::cell::Cell::get) {
                 previous(info);
             }
         }));
     });
-    let outer = READING_PAGES.with(|flag| flag.replace(true));
+    let outer = INSIDE_REDB.with(|flag| flag.replace(true));
     let result = f();
-    READING_PAGES.with(|flag| flag.set(outer));
+    INSIDE_REDB.with(|flag| flag.set(outer));
     result
 }
 
-/// Runs `f`, the caller's own code called from inside [`reading_pages`], with its panics
+/// Runs `f`, the caller's own code called from inside [`inside_redb`], with its panics
 /// reported as usual.
-pub(crate) fn not_reading_pages<T>(f: impl FnOnce() -> T) -> T {
-    let outer = READING_PAGES.with(|flag| flag.replace(false));
+pub(crate) fn outside_redb<T>(f: impl FnOnce() -> T) -> T {
+    let outer = INSIDE_REDB.with(|flag| flag.replace(false));
     let result = f();
-    READING_PAGES.with(|flag| flag.set(outer));
+    INSIDE_REDB.with(|flag| flag.set(outer));
     result
 }
 
@@ -762,11 +762,16 @@ impl Store {
         }
     }
 
+    /// A request whose reply never came: the store was poisoned (a commit panicked) or the
+    /// writer thread is gone.
     fn writer_gone(&self) -> StoreError {
-        StoreError::CommitFailed {
-            path: self.inner.label.clone(),
-            reason: "the writer thread stopped before answering; reopen the store".into(),
-        }
+        self.inner
+            .shared
+            .poisoned_error(&self.inner.label)
+            .unwrap_or_else(|| StoreError::CommitFailed {
+                path: self.inner.label.clone(),
+                reason: "the writer thread stopped before answering; reopen the store".into(),
+            })
     }
 
     fn send(&self, msg: Msg) -> Result<(), StoreError> {
@@ -1213,6 +1218,68 @@ mod tests {
             .unwrap();
         let ack = rt.block_on(store.append(AppendRequest::default())).unwrap();
         assert_eq!(ack, AppendAck::default());
+    }
+
+    /// redb panicking in a commit (on a damaged page; injected here) fails that append
+    /// with an error saying so, and the store takes nothing after it: the batch's journal
+    /// frame may be in the log already. Inline and through the writer thread alike.
+    #[test]
+    fn a_commit_that_panics_fails_its_append_and_stops_the_store() {
+        for contended in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path().join("p.redb"), StoreOptions::default()).unwrap();
+            let run = ulid::Ulid(7);
+            let append = |i: u64| {
+                let req = AppendRequest {
+                    run: Some(crate::RunAppend {
+                        run_id: run,
+                        expected_first_seq: None,
+                        records: vec![rec(i)],
+                    }),
+                    ..Default::default()
+                };
+                if contended {
+                    // Through the writer thread, as under contention.
+                    let (tx, rx) = oneshot::channel();
+                    store
+                        .send(Msg::Append(Box::new(req), Reply::Async(tx)))
+                        .unwrap();
+                    tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap()
+                        .block_on(store.await_reply(rx))
+                } else {
+                    store.append_blocking(req)
+                }
+            };
+            append(1).unwrap();
+            store
+                .inner
+                .shared
+                .panic_in_next_commit
+                .store(true, Ordering::Release);
+            let failed = append(2).unwrap_err().to_string();
+            assert!(
+                failed.contains(
+                    "at a commit: the database engine could not read its pages (injected"
+                ),
+                "{failed}"
+            );
+            let next = append(3).unwrap_err().to_string();
+            assert!(
+                next.contains("takes no more work after an earlier failure"),
+                "{next}"
+            );
+            let _ = store.close();
+            drop(store);
+            let reopened = Store::open(dir.path().join("p.redb"), StoreOptions::default()).unwrap();
+            assert_eq!(
+                reopened.last_seq(run).unwrap(),
+                1,
+                "nothing of the failed append"
+            );
+            reopened.close().unwrap();
+        }
     }
 
     fn rec(i: u64) -> crate::Record {

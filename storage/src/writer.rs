@@ -163,6 +163,9 @@ pub(crate) struct Shared {
     /// The write-ahead log of a file store (not with `shared_reads`): batches of plain
     /// appends are logged there as journal frames instead of committed durably.
     journal_log: std::sync::OnceLock<Arc<crate::wal::WalBackend>>,
+    /// Test hook: the next commit panics inside redb's part, as on a damaged page.
+    #[cfg(test)]
+    pub(crate) panic_in_next_commit: AtomicBool,
 }
 
 /// A batch's outcome, with the replies not yet sent: the writer sends them after it let go of
@@ -328,9 +331,7 @@ pub(crate) fn decode_journal_body(body: &[u8]) -> Result<Vec<JournalEntry<'_>>, 
 fn poisoned_error(label: &str, reason: &str) -> StoreError {
     StoreError::CommitFailed {
         path: label.to_owned(),
-        reason: format!(
-            "an acknowledged in-memory append could not be committed ({reason}); this store takes no more work"
-        ),
+        reason: format!("this store takes no more work after an earlier failure: {reason}"),
     }
 }
 
@@ -352,7 +353,20 @@ impl Shared {
             largest_batch: AtomicUsize::new(0),
             unsettled: AtomicBool::new(false),
             journal_log: std::sync::OnceLock::new(),
+            #[cfg(test)]
+            panic_in_next_commit: AtomicBool::new(false),
         }
+    }
+
+    /// The error for a request whose reply never came because the store was poisoned (a
+    /// commit that panicked drops its batch, and the replies with it); `None` if it was not.
+    /// Takes the gate: the commit that dropped the reply poisons the store before letting
+    /// go of it.
+    pub(crate) fn poisoned_error(&self, label: &str) -> Option<StoreError> {
+        lock_ignoring_poison(&self.gate)
+            .poisoned
+            .as_ref()
+            .map(|reason| poisoned_error(label, reason))
     }
 
     /// Lets `immediate` commits of appends go to the store's write-ahead log as
@@ -527,18 +541,41 @@ impl Shared {
         // An all-failed batch writes nothing; its commit may be skipped unless it is the
         // one that must make earlier non-durable commits durable.
         let skippable = self.policy == Policy::Immediate || !durable;
-        let mut committed = run_batch(
-            db,
-            batch,
-            BatchMode {
-                durable,
-                skippable,
-                journal: journal_log.map(Arc::as_ref),
-                // In memory there is no crash to recover from.
-                record_allocator_state: durable && self.policy != Policy::Memory,
-            },
-            label,
-        );
+        let mode = BatchMode {
+            durable,
+            skippable,
+            journal: journal_log.map(Arc::as_ref),
+            // In memory there is no crash to recover from.
+            record_allocator_state: durable && self.policy != Policy::Memory,
+        };
+        // redb panics on some damaged pages (FORMAT.md, "Records"). The batch, and with it
+        // its replies, is lost then, and a journal frame may already be in the log: nothing
+        // may follow it, so the store is poisoned, and the callers learn why from it.
+        let batch_run = crate::store::inside_redb(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                #[cfg(test)]
+                if self.panic_in_next_commit.swap(false, Ordering::AcqRel) {
+                    panic!("injected: index out of range in a page");
+                }
+                run_batch(db, batch, mode, label)
+            }))
+        });
+        let mut committed = match batch_run {
+            Ok(committed) => committed,
+            Err(panic) => {
+                let err = crate::store::pages_panicked(label, "a commit".into(), panic.as_ref());
+                tracing::error!(store = label, error = %err, "a commit panicked; the store refuses further work");
+                state.poisoned = Some(err.to_string());
+                self.unsettled.store(true, Ordering::Release);
+                return Committed {
+                    ok: false,
+                    replies: Vec::new(),
+                    took: started.elapsed(),
+                    arm_flush: false,
+                    journal_frame: JournalFrame::None,
+                };
+            }
+        };
         committed.took = started.elapsed();
         self.commit_micros.store(
             u64::try_from(committed.took.as_micros()).unwrap_or(u64::MAX),
