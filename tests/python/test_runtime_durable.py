@@ -106,15 +106,19 @@ FLOW = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def flow(tmp_path: Path) -> ModuleType:
-    path = tmp_path / "flow.py"
-    path.write_text(FLOW, encoding="utf-8")
-    module_spec = importlib.util.spec_from_file_location("durable_flow", path)
+def write_module(path: Path, source: str, name: str) -> ModuleType:
+    """`source` written at `path` (for child processes to run) and imported as `name`."""
+    path.write_text(source, encoding="utf-8")
+    module_spec = importlib.util.spec_from_file_location(name, path)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def flow(tmp_path: Path) -> ModuleType:
+    return write_module(tmp_path / "flow.py", FLOW, "durable_flow")
 
 
 def child(flow: ModuleType, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -551,7 +555,7 @@ def test_a_full_disk_fails_the_run_clearly_and_it_resumes_once_there_is_room(tmp
     quota would stop them); the run that hit it fails with the store's error, and once the
     store can grow again every completed run is intact and the failed one resumes."""
     script = tmp_path / "fill.py"
-    script.write_text(FILL, encoding="utf-8")
+    fill = write_module(script, FILL, "fill_flow")
     path = str(tmp_path / "full.redb")
     # SIGXFSZ ignored (kept across exec): the write fails with EFBIG instead of killing.
     shell = "trap '' XFSZ; ulimit -f 16384 && exec \"$0\" \"$1\" \"$2\""
@@ -570,10 +574,6 @@ def test_a_full_disk_fails_the_run_clearly_and_it_resumes_once_there_is_room(tmp
     assert len(completed) >= 2, done.stdout
     assert "full.redb" in error and "File too large" in error, error
 
-    flow_spec = importlib.util.spec_from_file_location("fill_flow", script)
-    assert flow_spec is not None and flow_spec.loader is not None
-    fill = importlib.util.module_from_spec(flow_spec)
-    flow_spec.loader.exec_module(fill)
     runtime = create_runtime(fill.SPEC, interpreter="scripted", store=path)
     for run_id in completed:
         assert runtime.run(run_id)["status"] == "completed"
