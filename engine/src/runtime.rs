@@ -496,6 +496,33 @@ impl Runtime {
                     });
                 if let Err(e) = &result {
                     tracing::warn!(run_id = %run, error = %e, "run stopped");
+                    // It stopped while running, as when its process dies or its runtime
+                    // closes: `interrupted`, so that `pending()` shows it now rather than
+                    // after the next open. Verify never writes; a store that fails the
+                    // write (the likely cause of the stop) leaves that to the next open.
+                    if mode != DriveMode::Verify {
+                        let marked = cleanup
+                            .store
+                            .append(AppendRequest {
+                                run: None,
+                                index_updates: vec![IndexUpdate::SetRunStatus {
+                                    run_id: run,
+                                    status: RunStatus::Interrupted,
+                                    at_ms: cleanup.clock.now_ms(),
+                                }],
+                                precondition: Precondition::RunStatusIn(
+                                    run,
+                                    vec![RunStatus::Running],
+                                ),
+                            })
+                            .await;
+                        match marked {
+                            Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
+                            Err(e) => {
+                                tracing::warn!(run_id = %run, error = %e, "could not mark the stopped run interrupted");
+                            }
+                        }
+                    }
                 }
                 let mut active = cleanup.active.lock().unwrap_or_else(|p| p.into_inner());
                 if active

@@ -556,9 +556,9 @@ async fn an_approval_reaches_the_driver_through_another_runtime_of_the_store() {
     driving.runtime.verify(stream.run_id()).await.unwrap();
 }
 
-/// A panic inside the driver (here a host whose handler panics; in the field, redb on a
-/// damaged page) ends the stream with an error, not as if the run had finished, and the
-/// run is no longer taken for one this runtime drives: it can be resumed.
+/// A panic inside the driver (here a host whose handler panics) ends the stream with an
+/// error, not as if the run had finished; the run is `interrupted`, no longer taken for one
+/// this runtime drives, and resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_the_driver_ends_the_stream_with_an_error() {
     let panics = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -600,6 +600,16 @@ async fn a_panic_in_the_driver_ends_the_stream_with_an_error() {
         error.contains("the run's driver panicked: the handler's bug"),
         "{error}"
     );
+    let info = built.runtime.run(stream.run_id()).unwrap();
+    assert_eq!(info.meta.status, RunStatus::Interrupted);
+    let pending: Vec<String> = built
+        .runtime
+        .pending()
+        .unwrap()
+        .iter()
+        .map(|i| i.meta.run_id.to_string())
+        .collect();
+    assert_eq!(pending, [stream.run_id().to_owned()]);
 
     panics.store(false, std::sync::atomic::Ordering::SeqCst);
     let mut resumed = built.runtime.resume(stream.run_id(), false).unwrap();
