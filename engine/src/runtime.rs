@@ -500,7 +500,15 @@ impl Runtime {
                     // closes: `interrupted`, so that `pending()` shows it now rather than
                     // after the next open. Verify never writes; a store that fails the
                     // write (the likely cause of the stop) leaves that to the next open.
-                    if mode != DriveMode::Verify {
+                    // A new run whose first commit found its id taken was never this
+                    // driver's: the run under that id is someone else's to mark.
+                    let not_ours = matches!(
+                        e,
+                        EngineError::Store(
+                            StoreError::PreconditionFailed { .. } | StoreError::RunExists { .. }
+                        )
+                    );
+                    if mode != DriveMode::Verify && !not_ours {
                         let marked = cleanup
                             .store
                             .append(AppendRequest {

@@ -618,3 +618,62 @@ async fn a_panic_in_the_driver_ends_the_stream_with_an_error() {
     let info = built.runtime.run(stream.run_id()).unwrap();
     assert_eq!(info.meta.status, RunStatus::Completed);
 }
+
+/// A new run whose first commit finds its id taken (another runtime of this process created
+/// it between the check and the commit) fails, and leaves that other run as it was: its
+/// status is not this driver's to change.
+#[tokio::test]
+async fn a_run_whose_id_was_taken_in_between_leaves_the_other_run_alone() {
+    let built = build(
+        coordinator_spec(),
+        vec![],
+        TestHost::new(),
+        Store::in_memory().unwrap(),
+        InterpreterChoice::Noop,
+    )
+    .unwrap();
+    let run_id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    let mut stream = built
+        .runtime
+        .run_specialist("specialist", "hello", Some("t1"), Some(run_id))
+        .unwrap();
+    // The run starts on the first read; before it, another writer takes the id.
+    let run: flowai_storage::RunId = run_id.parse().unwrap();
+    built
+        .runtime
+        .store()
+        .append_blocking(flowai_storage::AppendRequest {
+            run: Some(flowai_storage::RunAppend {
+                run_id: run,
+                expected_first_seq: Some(1),
+                records: vec![flowai_storage::Record {
+                    kind: flowai_storage::RecordKind::RunStarted,
+                    version: 1,
+                    at_ms: 0,
+                    payload: "{}".into(),
+                }],
+            }),
+            index_updates: vec![flowai_storage::IndexUpdate::CreateRun(
+                flowai_storage::RunMeta {
+                    run_id: run,
+                    tenant: "acme".into(),
+                    thread: "other".into(),
+                    agent: "specialist".into(),
+                    status: RunStatus::Running,
+                    created_at_ms: 0,
+                    updated_at_ms: 0,
+                    parent: None,
+                },
+            )],
+            precondition: flowai_storage::Precondition::RunAbsent(run),
+        })
+        .unwrap();
+    let mut failed = false;
+    while let Some(item) = stream.next().await {
+        failed |= item.is_err();
+    }
+    assert!(failed, "the run's first commit failed");
+    let info = built.runtime.store().run(run).unwrap().unwrap();
+    assert_eq!(info.meta.status, RunStatus::Running);
+    assert_eq!(info.meta.thread, "other");
+}
