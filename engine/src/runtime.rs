@@ -511,18 +511,7 @@ impl Runtime {
                     if mode != DriveMode::Verify && !not_ours {
                         let marked = cleanup
                             .store
-                            .append(AppendRequest {
-                                run: None,
-                                index_updates: vec![IndexUpdate::SetRunStatus {
-                                    run_id: run,
-                                    status: RunStatus::Interrupted,
-                                    at_ms: cleanup.clock.now_ms(),
-                                }],
-                                precondition: Precondition::RunStatusIn(
-                                    run,
-                                    vec![RunStatus::Running],
-                                ),
-                            })
+                            .append(mark_interrupted(run, cleanup.clock.now_ms()))
                             .await;
                         match marked {
                             Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
@@ -999,15 +988,10 @@ impl Runtime {
             if let Some(info) = self.shared.store.run(run)?
                 && info.meta.status == RunStatus::Running
             {
-                let marked = self.shared.store.append_blocking(AppendRequest {
-                    run: None,
-                    index_updates: vec![IndexUpdate::SetRunStatus {
-                        run_id: run,
-                        status: RunStatus::Interrupted,
-                        at_ms: self.shared.clock.now_ms(),
-                    }],
-                    precondition: Precondition::RunStatusIn(run, vec![RunStatus::Running]),
-                });
+                let marked = self
+                    .shared
+                    .store
+                    .append_blocking(mark_interrupted(run, self.shared.clock.now_ms()));
                 match marked {
                     // The run finished (or suspended) between the check and the append.
                     Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
@@ -1016,6 +1000,20 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+}
+
+/// Marks `run` interrupted if it is still `running` (a precondition failure means it
+/// finished, suspended or was marked meanwhile): its driver stopped before the run ended.
+fn mark_interrupted(run: RunId, at_ms: i64) -> AppendRequest {
+    AppendRequest {
+        run: None,
+        index_updates: vec![IndexUpdate::SetRunStatus {
+            run_id: run,
+            status: RunStatus::Interrupted,
+            at_ms,
+        }],
+        precondition: Precondition::RunStatusIn(run, vec![RunStatus::Running]),
     }
 }
 

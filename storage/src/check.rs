@@ -118,12 +118,12 @@ impl Store {
                     format!("record {seq} follows record {read}"),
                 ));
             }
-            let last = store.last_seq(run)?;
-            if read != last {
+            // `records` is the run's last seq, read from the journal's end by `list_runs`.
+            if read != info.records {
                 return Err(StoreError::corrupt(
                     &label,
                     format!("the journal of run {run}"),
-                    format!("{read} records read, the last is seq {last}"),
+                    format!("{read} records read, the last is seq {}", info.records),
                 ));
             }
             report.runs += 1;
