@@ -194,6 +194,22 @@ pub struct Projector {
     calls: BTreeMap<u64, CallInfo>,
 }
 
+/// What the events of a ModelResponded need of it: not its tool calls, whose arguments a
+/// scripted turn can carry by the megabyte (their events come from ToolCallStarted).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ModelRespondedView {
+    chunks: Vec<payloads::ChunkRecord>,
+    usage: payloads::UsageRecord,
+    finish_reason: String,
+    #[serde(default)]
+    finish_after_tools: bool,
+    #[serde(default)]
+    summaries: Option<Json>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
 fn decode<P: Payload>(seq: u64, payload: &str) -> Result<P, EngineError> {
     serde_json::from_str(payload).map_err(|e| EngineError::CorruptPayload {
         seq,
@@ -237,7 +253,12 @@ impl Projector {
                 }
             }
             RecordKind::ModelResponded => {
-                let p: payloads::ModelResponded = decode(seq, payload)?;
+                let p: ModelRespondedView =
+                    serde_json::from_str(payload).map_err(|e| EngineError::CorruptPayload {
+                        seq,
+                        kind: RecordKind::ModelResponded.name(),
+                        reason: e.to_string(),
+                    })?;
                 out.push(Event::of(&Typed { kind: "step-start" })?);
                 for chunk in &p.chunks {
                     out.push(Event::of(&TextEvent {
