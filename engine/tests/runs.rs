@@ -677,3 +677,102 @@ async fn a_run_whose_id_was_taken_in_between_leaves_the_other_run_alone() {
     assert_eq!(info.meta.status, RunStatus::Running);
     assert_eq!(info.meta.thread, "other");
 }
+
+/// Builds before ddabc8c recorded a scripted call's arguments compact with sorted keys;
+/// they are now kept as the prompt spells them. A journal in the old spelling still
+/// verifies: the decision is compared as JSON, not as text.
+#[tokio::test]
+async fn a_scripted_decision_recorded_in_another_spelling_verifies() {
+    use flowai_storage::{AppendRequest, IndexUpdate, Precondition, RunAppend, RunId, RunStatus};
+
+    let host = TestHost::new().handler("search", |args| Ok(json!({"got": args})));
+    let tools = || {
+        vec![host_tool(
+            "specialist",
+            "search",
+            json!({"type": "object"}),
+            json!({"kind": "never"}),
+        )]
+    };
+    let store = Store::in_memory().unwrap();
+    let built = build(
+        coordinator_spec(),
+        tools(),
+        host.clone(),
+        store.clone(),
+        InterpreterChoice::Scripted,
+    )
+    .unwrap();
+    let prompt = r#"{"script": [{"tool": "search", "args": {"z": 1, "a": [2.5, "x"]}}]}"#;
+    let mut stream = built
+        .runtime
+        .run_specialist("specialist", prompt, Some("t"), None)
+        .unwrap();
+    let live = collect(&mut stream).await;
+    let run: RunId = stream.run_id().parse().unwrap();
+    let records = store.records(run, 1).unwrap();
+    let started = records
+        .iter()
+        .find(|r| r.record.kind.name() == "ToolCallStarted")
+        .unwrap();
+    assert!(
+        started
+            .record
+            .payload
+            .contains(r#"{"z": 1, "a": [2.5, "x"]}"#),
+        "the arguments are journaled as the prompt spells them: {}",
+        started.record.payload
+    );
+
+    // The same run in a second store, every payload re-serialized the way the older builds
+    // wrote arguments (a value's compact text, keys sorted).
+    let old = Store::in_memory().unwrap();
+    let info = store.run(run).unwrap().unwrap();
+    let respelled = records
+        .into_iter()
+        .map(|stored| {
+            let mut record = stored.record;
+            let value: Value = serde_json::from_str(&record.payload).unwrap();
+            record.payload = serde_json::to_string(&value).unwrap();
+            record
+        })
+        .collect::<Vec<_>>();
+    assert!(
+        respelled
+            .iter()
+            .any(|r| r.payload.contains(r#"{"a":[2.5,"x"],"z":1}"#))
+    );
+    old.append(AppendRequest {
+        run: Some(RunAppend {
+            run_id: run,
+            expected_first_seq: Some(1),
+            records: respelled,
+        }),
+        index_updates: vec![
+            IndexUpdate::CreateRun(info.meta.clone()),
+            IndexUpdate::SetRunStatus {
+                run_id: run,
+                status: RunStatus::Completed,
+                at_ms: info.meta.updated_at_ms,
+            },
+            IndexUpdate::PutSpec {
+                hash: built.runtime.spec_hash().to_owned(),
+                json: built.runtime.recorded_spec_json().to_owned(),
+            },
+        ],
+        precondition: Precondition::None,
+    })
+    .await
+    .unwrap();
+    let rebuilt = build(
+        coordinator_spec(),
+        tools(),
+        host,
+        old,
+        InterpreterChoice::Scripted,
+    )
+    .unwrap();
+    rebuilt.runtime.verify(stream.run_id()).await.unwrap();
+    let replayed = event_values(&rebuilt.runtime.replay_events(stream.run_id()).unwrap());
+    assert_eq!(replayed.len(), live.len());
+}
