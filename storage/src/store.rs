@@ -697,7 +697,7 @@ impl Store {
         };
         let shared = Arc::new(Shared::new(policy));
         if let (Policy::Immediate, Some(wal)) = (policy, wal) {
-            shared.set_journal_log(wal);
+            shared.set_journal_log(&wal);
         }
         let handle = writer::spawn(db.clone(), rx, label.clone(), shared.clone()).map_err(|e| {
             StoreError::Io {

@@ -161,8 +161,10 @@ pub(crate) struct Shared {
     /// look here, without the gate, before they read.
     unsettled: AtomicBool,
     /// The write-ahead log of a file store (not with `shared_reads`): batches of plain
-    /// appends are logged there as journal frames instead of committed durably.
-    journal_log: std::sync::OnceLock<Arc<crate::wal::WalBackend>>,
+    /// appends are logged there as journal frames instead of committed durably. Weak:
+    /// redb's database owns the log, and closing it must close the files, not leave them
+    /// (and a removed log's disk space) to whenever the last handle on the store goes.
+    journal_log: std::sync::OnceLock<std::sync::Weak<crate::wal::WalBackend>>,
     /// Test hook: the next commit panics inside redb's part, as on a damaged page.
     #[cfg(test)]
     pub(crate) panic_in_next_commit: AtomicBool,
@@ -371,8 +373,13 @@ impl Shared {
 
     /// Lets `immediate` commits of appends go to the store's write-ahead log as
     /// journal frames (see [`Shared::commit`]).
-    pub(crate) fn set_journal_log(&self, wal: Arc<crate::wal::WalBackend>) {
-        let _ = self.journal_log.set(wal);
+    pub(crate) fn set_journal_log(&self, wal: &Arc<crate::wal::WalBackend>) {
+        let _ = self.journal_log.set(Arc::downgrade(wal));
+    }
+
+    /// The write-ahead log, while the database that owns it is open.
+    fn journal_log(&self) -> Option<Arc<crate::wal::WalBackend>> {
+        self.journal_log.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// Inline commits, writer batches and the largest writer batch so far.
@@ -520,7 +527,7 @@ impl Shared {
         // commits without durability, then goes to the write-ahead log as one journal
         // frame and one fdatasync: a fraction of a durable redb commit's bytes and CPU. A
         // restart replays the frames after the last durable commit (FORMAT.md).
-        let journal_log = self.journal_log.get().filter(|wal| {
+        let journal_log = self.journal_log().filter(|wal| {
             self.policy == Policy::Immediate
                 && state.non_durable + 1 < JOURNALED_DURABLE_EVERY
                 && wal.journal_bytes() < JOURNALED_BYTES_MAX
@@ -544,7 +551,7 @@ impl Shared {
         let mode = BatchMode {
             durable,
             skippable,
-            journal: journal_log.map(Arc::as_ref),
+            journal: journal_log.as_deref(),
             // In memory there is no crash to recover from.
             record_allocator_state: durable && self.policy != Policy::Memory,
         };
@@ -586,7 +593,7 @@ impl Shared {
             if durable {
                 state.unsynced_since = None;
                 state.non_durable = 0;
-                if let Some(wal) = self.journal_log.get() {
+                if let Some(wal) = self.journal_log() {
                     wal.mark_durable();
                 }
             } else {
@@ -653,7 +660,7 @@ impl Shared {
     /// A file store logging journal frames: one durable commit, so that closing can fold
     /// the log into the store file (redb's own closing commit is not seen here).
     pub(crate) fn make_journal_durable(&self, db: &redb::Database, label: &str) {
-        let Some(wal) = self.journal_log.get() else {
+        let Some(wal) = self.journal_log() else {
             return;
         };
         let state = self.gate();

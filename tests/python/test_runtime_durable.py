@@ -230,6 +230,28 @@ def test_store_options_and_closing(flow: ModuleType, tmp_path: Path) -> None:
         create_runtime(flow.spec(), store=store)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc")
+def test_close_releases_the_store_files(flow: ModuleType, tmp_path: Path) -> None:
+    """A closed runtime holds no file of its store, while the object lives on."""
+
+    def held() -> list[str]:
+        targets = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except FileNotFoundError:  # the listing's own descriptor, closed already
+                pass
+        return sorted(t for t in targets if "held.redb" in t)
+
+    runtime = flow.create_runtime(flow.spec(), store=tmp_path / "held.redb")
+    stream = runtime.run_specialist("helper", "hi")
+    drain(stream)
+    assert held(), "the store's files are open while the runtime is"
+    runtime.close()
+    assert held() == []
+    assert stream.run_id
+
+
 def test_store_locked_by_another_process(flow: ModuleType, tmp_path: Path) -> None:
     path = tmp_path / "locked.redb"
     with open_store(path) as store:
