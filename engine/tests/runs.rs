@@ -19,6 +19,25 @@ fn coordinator_spec() -> Value {
     )
 }
 
+/// A runtime of `coordinator_spec` under the scripted interpreter whose specialist has one
+/// host tool, `search` (any object, never gated).
+fn scripted_search(host: &std::sync::Arc<TestHost>, store: Store) -> Built {
+    let search = host_tool(
+        "specialist",
+        "search",
+        json!({"type": "object"}),
+        json!({"kind": "never"}),
+    );
+    build(
+        coordinator_spec(),
+        vec![search],
+        host.clone(),
+        store,
+        InterpreterChoice::Scripted,
+    )
+    .unwrap()
+}
+
 #[tokio::test]
 async fn noop_query_yields_agent_bracket_and_one_turn() {
     let built = build(
@@ -360,24 +379,9 @@ async fn restart_reads_back_the_same_journal_and_stream() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("runs.redb");
     let host = TestHost::new().handler("search", |_| Ok(json!({"ok": true})));
-    let tools = || {
-        vec![host_tool(
-            "specialist",
-            "search",
-            json!({"type": "object"}),
-            json!({"kind": "never"}),
-        )]
-    };
     let (run_id, live, journal) = {
         let store = Store::open(&path, Default::default()).unwrap();
-        let built = build(
-            coordinator_spec(),
-            tools(),
-            host.clone(),
-            store.clone(),
-            InterpreterChoice::Scripted,
-        )
-        .unwrap();
+        let built = scripted_search(&host, store.clone());
         let mut stream = built
             .runtime
             .run_specialist(
@@ -394,14 +398,7 @@ async fn restart_reads_back_the_same_journal_and_stream() {
         (stream.run_id().to_owned(), live, journal)
     };
     let store = Store::open(&path, Default::default()).unwrap();
-    let built = build(
-        coordinator_spec(),
-        tools(),
-        host,
-        store,
-        InterpreterChoice::Scripted,
-    )
-    .unwrap();
+    let built = scripted_search(&host, store);
     assert_eq!(built.runtime.journal(&run_id, 0).unwrap(), journal);
     let replayed = event_values(&built.runtime.replay_events(&run_id).unwrap());
     assert_eq!(replayed, live);
@@ -686,23 +683,8 @@ async fn a_scripted_decision_recorded_in_another_spelling_verifies() {
     use flowai_storage::{AppendRequest, IndexUpdate, Precondition, RunAppend, RunId, RunStatus};
 
     let host = TestHost::new().handler("search", |args| Ok(json!({"got": args})));
-    let tools = || {
-        vec![host_tool(
-            "specialist",
-            "search",
-            json!({"type": "object"}),
-            json!({"kind": "never"}),
-        )]
-    };
     let store = Store::in_memory().unwrap();
-    let built = build(
-        coordinator_spec(),
-        tools(),
-        host.clone(),
-        store.clone(),
-        InterpreterChoice::Scripted,
-    )
-    .unwrap();
+    let built = scripted_search(&host, store.clone());
     let prompt = r#"{"script": [{"tool": "search", "args": {"z": 1, "a": [2.5, "x"]}}]}"#;
     let mut stream = built
         .runtime
@@ -764,14 +746,7 @@ async fn a_scripted_decision_recorded_in_another_spelling_verifies() {
     })
     .await
     .unwrap();
-    let rebuilt = build(
-        coordinator_spec(),
-        tools(),
-        host,
-        old,
-        InterpreterChoice::Scripted,
-    )
-    .unwrap();
+    let rebuilt = scripted_search(&host, old);
     rebuilt.runtime.verify(stream.run_id()).await.unwrap();
     let replayed = event_values(&rebuilt.runtime.replay_events(stream.run_id()).unwrap());
     assert_eq!(replayed.len(), live.len());
