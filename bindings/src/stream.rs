@@ -149,7 +149,10 @@ impl PyRuntimeEventStream {
         let running = self.register_loop(py)?;
         // Fast path: an event is buffered already; no thread hop, no loop round trip.
         let buffered = match self.inner.try_lock() {
-            Ok(mut stream) => stream.try_next_buffered(),
+            Ok(mut stream) if stream.started() => stream.try_next_buffered(),
+            // The first call starts the run; a resumed one reads its whole journal first
+            // (milliseconds for a long run), which other Python threads need not wait for.
+            Ok(mut stream) => py.detach(|| stream.try_next_buffered()),
             Err(_) => None,
         };
         if let Some(event) = buffered {

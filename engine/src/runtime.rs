@@ -152,6 +152,14 @@ impl RunStream {
         }
     }
 
+    /// Whether the run was started (by a first [`RunStream::next`] or
+    /// [`RunStream::try_next_buffered`]). Starting a resumed run reads its whole journal
+    /// on the calling thread, which a caller holding a lock (Python's GIL) may want to
+    /// release first.
+    pub fn started(&self) -> bool {
+        self.start.is_none()
+    }
+
     /// The next event if one is buffered right now; never waits. `None` means "nothing
     /// buffered", not the end of the stream: call [`RunStream::next`] then. Starts the
     /// run like `next` does.
