@@ -187,7 +187,7 @@ impl RunStream {
             return;
         }
         let active = self.shared.active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok(run) = self.run_id.parse::<RunId>()
+        if let Some(run) = flowai_storage::parse_run_id(&self.run_id)
             && let Some(active) = active.get(&run)
         {
             let _ = active.control.send(Control::Cancel);
@@ -220,9 +220,7 @@ pub struct CreatedRef {
 }
 
 fn parse_run_id(run_id: &str) -> Result<RunId, EngineError> {
-    run_id
-        .parse::<RunId>()
-        .map_err(|_| EngineError::RunNotFound(run_id.to_owned()))
+    flowai_storage::parse_run_id(run_id).ok_or_else(|| EngineError::RunNotFound(run_id.to_owned()))
 }
 
 impl Runtime {
@@ -401,7 +399,7 @@ impl Runtime {
         self.maybe_sweep();
         let run = match run_id {
             Some(text) => {
-                let run = text.parse::<RunId>().map_err(|_| {
+                let run = flowai_storage::parse_run_id(text).ok_or_else(|| {
                     EngineError::InvalidArgument(format!("run_id must be a ULID: {text}"))
                 })?;
                 if self.shared.store.run(run)?.is_some() {

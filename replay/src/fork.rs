@@ -172,7 +172,7 @@ fn prepare(
     prompt: Option<&str>,
 ) -> Result<(RunId, AppendRequest), ForkError> {
     let not_found = || ForkError::RunNotFound(run_id.to_owned());
-    let parent: RunId = run_id.parse().map_err(|_| not_found())?;
+    let parent: RunId = flowai_storage::parse_run_id(run_id).ok_or_else(not_found)?;
     let store = runtime.store();
     let info = store.run(parent)?.ok_or_else(not_found)?;
     if info.meta.tenant != runtime.tenant() {

@@ -12,8 +12,8 @@ use crate::error::ReplayError;
 
 /// Parses a run id given on the command line.
 pub fn parse_run_id(text: &str) -> Result<RunId, ReplayError> {
-    text.parse::<RunId>()
-        .map_err(|_| ReplayError::Usage(format!("run id must be a ULID: {text}")))
+    flowai_storage::parse_run_id(text)
+        .ok_or_else(|| ReplayError::Usage(format!("run id must be a ULID: {text}")))
 }
 
 /// The run's row, or `RunNotFound`.

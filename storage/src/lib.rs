@@ -77,4 +77,5 @@ pub use store::{Durability, Store, StoreOptions};
 pub use types::{
     AppendAck, AppendRequest, ApprovalRow, ApprovalStatus, IndexUpdate, ParseStatusError, PlanRow,
     Precondition, ReferenceEntry, RunAppend, RunFilter, RunId, RunInfo, RunMeta, RunStatus,
+    parse_run_id,
 };

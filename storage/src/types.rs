@@ -9,6 +9,17 @@ use crate::record::Record;
 /// A run's id: a ULID, unique in the store. Its time part orders runs newest-first.
 pub type RunId = ulid::Ulid;
 
+/// Reads a run id given as text: 26 Crockford base-32 characters (either case) whose
+/// value fits in 128 bits, so the first one is `0`–`7`. The `ulid` crate shifts an
+/// overflowing first character's high bits away (`"Z…"` reads as `"7…"`), which would
+/// let one run answer to several ids, and a caller-chosen id change silently.
+pub fn parse_run_id(text: &str) -> Option<RunId> {
+    match text.as_bytes().first() {
+        Some(b'0'..=b'7') => text.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Lifecycle state of a run (DESIGN §5). Each status also has a byte in the status index,
 /// which is part of the file format (FORMAT.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -310,5 +321,32 @@ mod tests {
         assert!(err.contains("unknown run status \"Running\""), "{err}");
         let tags: std::collections::BTreeSet<u8> = RunStatus::ALL.iter().map(|s| s.tag()).collect();
         assert_eq!(tags.len(), RunStatus::ALL.len());
+    }
+
+    #[test]
+    fn a_run_id_is_read_only_from_a_ulid_that_fits_128_bits() {
+        let id = RunId::from_parts(1_700_000_000_000, 42);
+        let text = id.to_string();
+        assert_eq!(parse_run_id(&text), Some(id));
+        assert_eq!(parse_run_id(&text.to_lowercase()), Some(id));
+        assert_eq!(
+            parse_run_id("7ZZZZZZZZZZZZZZZZZZZZZZZZZ"),
+            Some(RunId::from(u128::MAX))
+        );
+        // The ulid crate reads these as other ids ("8…" as "0…"); they name no run.
+        for overflowing in ["8ZZZZZZZZZZZZZZZZZZZZZZZZZ", "ZZZZZZZZZZZZZZZZZZZZZZZZZZ"] {
+            assert!(overflowing.parse::<RunId>().is_ok());
+            assert_eq!(parse_run_id(overflowing), None, "{overflowing}");
+        }
+        assert_eq!(parse_run_id(&format!("8{}", &text[1..])), None);
+        for bad in [
+            "",
+            "nope",
+            &text[1..],
+            &format!("{text}0"),
+            "01JD3M000000000000000000IL",
+        ] {
+            assert_eq!(parse_run_id(bad), None, "{bad:?}");
+        }
     }
 }

@@ -302,6 +302,13 @@ def test_caller_chosen_run_id() -> None:
         runtime.query("hello", "t1", run_id=run_id)
     with pytest.raises(FlowAIValueError, match="run_id must be a ULID: nope"):
         runtime.query("hello", "t1", run_id="nope")
+    # 26 base-32 characters that overflow 128 bits are no ULID: taken as one, the id
+    # would change ("8…" and "0…" would name the same run).
+    overflowing = "8" + run_id[1:]
+    with pytest.raises(FlowAIValueError, match=f"run_id must be a ULID: {overflowing}"):
+        runtime.query("hello", "t1", run_id=overflowing)
+    with pytest.raises(ValueError, match=f"run not found: {overflowing}"):
+        runtime.run(overflowing)
     # `resume` is accepted and ignored.
     assert len(drain(runtime.query("hello", "t1", {"anything": 1}))) == 4
     runtime.close()
