@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use flowai_storage::payloads::{self, Json};
-use flowai_storage::{ApprovalRow, ApprovalStatus, IndexUpdate, RunMeta, RunStatus};
+use flowai_storage::{ApprovalRow, ApprovalStatus, IndexUpdate, RecordKind, RunMeta, RunStatus};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -137,6 +137,9 @@ pub(crate) struct Driver {
     /// Control messages that arrived before the gate they are for (while replaying).
     deferred: std::collections::VecDeque<Control>,
     cancel_requested: bool,
+    /// Approvals this driver resolved as cancelled at their gate, in the commit that
+    /// ends the run (the store still shows them pending until then).
+    cancelled_at_gate: Vec<String>,
     memory_out: Vec<IndexUpdate>,
     /// Plans as this run's journal last showed them (resume and verify never read
     /// plan state from the live table for a plan the run itself wrote).
@@ -175,6 +178,7 @@ impl Driver {
             control,
             deferred: std::collections::VecDeque::new(),
             cancel_requested,
+            cancelled_at_gate: Vec::new(),
             memory_out: Vec::new(),
             plans: std::collections::BTreeMap::new(),
         }
@@ -341,7 +345,9 @@ impl Driver {
         for (decided, update) in
             crate::runtime::cancelled_decisions(self.j.store(), self.j.run_id(), "engine")?
         {
-            self.j.push(&decided, vec![update])?;
+            if !self.cancelled_at_gate.contains(&decided.approval_id) {
+                self.j.push(&decided, vec![update])?;
+            }
         }
         let updates = vec![IndexUpdate::SetRunStatus {
             run_id: self.j.run_id(),
@@ -391,6 +397,12 @@ impl Driver {
             }
         }
         if self.cancel_requested && !self.j.replaying() && self.j.mode() != DriveMode::Verify {
+            return Err(EngineError::CancelRequested);
+        }
+        // A cancelled run recorded the results of the calls still open when it stopped,
+        // innermost first, right where a check failed: replayed, it stops there too. (No
+        // check point is otherwise followed by a ToolCallCompleted.)
+        if self.j.peek_kind() == Some(RecordKind::ToolCallCompleted) {
             return Err(EngineError::CancelRequested);
         }
         Ok(())
@@ -650,7 +662,20 @@ impl Driver {
         drop(_entered);
 
         let outcome = self.tool_outcome(inv, call, &args, call_seq).await?;
+        let completed = self.complete_call(outcome, call_seq, echo_text).await?;
+        // A run cancelled meanwhile stops with this result recorded, before anything
+        // else the agent would do (another model call, another tool).
+        self.check_cancel()?;
+        Ok(completed)
+    }
 
+    /// Takes or records the outcome of the call recorded at `call_seq`.
+    async fn complete_call(
+        &mut self,
+        outcome: ToolOutcome,
+        call_seq: u64,
+        echo_text: bool,
+    ) -> Result<ToolOutcome, EngineError> {
         match self.j.take::<payloads::ToolCallCompleted>().await? {
             Some((_, recorded)) => Ok(ToolOutcome {
                 value: parse_raw(&recorded.result),
@@ -932,9 +957,12 @@ impl Driver {
             }
         };
         if let Some((_, decided)) = self.j.take::<payloads::ApprovalDecided>().await? {
-            if decided.outcome == "cancelled" {
-                // Only a run cancellation resolves a gate as cancelled, and its
-                // RunCancelled follows: the call has no outcome to re-derive.
+            // Only a run cancellation resolves a gate as cancelled. The call's cancelled
+            // result follows when the cancellation recorded one; journals from before
+            // that go straight on to RunCancelled.
+            if decided.outcome == "cancelled"
+                && self.j.peek_kind() != Some(RecordKind::ToolCallCompleted)
+            {
                 return Err(EngineError::CancelRequested);
             }
             return Ok(GateOutcome::Decided(decided));
@@ -962,7 +990,7 @@ impl Driver {
     ) -> Result<payloads::ApprovalDecided, EngineError> {
         loop {
             if self.cancel_requested {
-                return Err(EngineError::CancelRequested);
+                return self.cancel_at_gate(approval_id, kind, target);
             }
             let message = match self.deferred.pop_front() {
                 Some(message) => message,
@@ -1043,6 +1071,36 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Resolves the approval the run waits for as cancelled: the gated call then gets its
+    /// cancelled result (API.md §5.5, §7), and the run stops right after it, all in the
+    /// commit that records RunCancelled.
+    fn cancel_at_gate(
+        &mut self,
+        approval_id: &str,
+        kind: &str,
+        target: &str,
+    ) -> Result<payloads::ApprovalDecided, EngineError> {
+        let decided = payloads::ApprovalDecided {
+            approval_id: approval_id.to_owned(),
+            kind: kind.to_owned(),
+            target: target.to_owned(),
+            outcome: String::from("cancelled"),
+            feedback: None,
+            partial: None,
+            origin: String::from("engine"),
+        };
+        self.j.push(
+            &decided,
+            vec![IndexUpdate::SetApprovalStatus {
+                id: approval_id.to_owned(),
+                status: ApprovalStatus::Cancelled,
+            }],
+        )?;
+        self.cancelled_at_gate.push(approval_id.to_owned());
+        tracing::info!(run_id = %self.run, approval_id, "approval cancelled with its run");
+        Ok(decided)
     }
 
     async fn run_builtin(
@@ -1134,13 +1192,19 @@ impl Driver {
             thread: format!("{}-{}", inv.request_thread, sub.name),
             request_thread: inv.request_thread.clone(),
         };
-        match self.invoke_agent(sub_inv, prompt, Some(call_seq)).await? {
-            Ok(response) => Ok(ToolOutcome::ok(json!({
+        match self.invoke_agent(sub_inv, prompt, Some(call_seq)).await {
+            Ok(Ok(response)) => Ok(ToolOutcome::ok(json!({
                 "agent": sub.name,
                 "model": sub.model_id,
                 "response": response,
             }))),
-            Err(message) => Ok(ToolOutcome::error(format!("Sub-agent failed: {message}"))),
+            Ok(Err(message)) => Ok(ToolOutcome::error(format!("Sub-agent failed: {message}"))),
+            // The run was cancelled inside the sub-agent: this call gets its result too,
+            // and the check after it carries the cancellation up.
+            Err(EngineError::CancelRequested) => {
+                Ok(ToolOutcome::error("Sub-agent invocation cancelled"))
+            }
+            Err(other) => Err(other),
         }
     }
 

@@ -222,10 +222,10 @@ impl RunJournal {
         if front.record.kind == RecordKind::RunCancelled
             && P::KIND != RecordKind::RunCancelled
             && self.mode == DriveMode::Verify
-            && host_originated(front.record.kind, &front.record.payload)
         {
-            // Cancelled from outside while no runtime drove the run: its journal ends
-            // here, wherever the driver stands, and there is nothing left to compare.
+            // The run was cancelled here: from outside while no runtime drove it, or by
+            // its driver at a check between steps. Its journal ends wherever the driver
+            // stands, and there is nothing left to compare.
             return Err(EngineError::JournalEnd);
         }
         if front.record.kind != P::KIND {

@@ -765,6 +765,11 @@ impl Runtime {
             records.push(self.record_of(&decided)?);
             updates.push(update);
         }
+        if info.meta.status == RunStatus::Suspended {
+            for completed in cancelled_gate_results(&self.shared.store, run)? {
+                records.push(self.record_of(&completed)?);
+            }
+        }
         records.push(self.record_of(&payloads::RunCancelled {
             origin: String::from("host"),
         })?);
@@ -1056,6 +1061,91 @@ pub(crate) fn cancelled_decisions(
         ));
     }
     Ok(out)
+}
+
+/// The results that cancelling a run suspended at a gate gives the calls it left open,
+/// innermost first, as its driver gives them when the run is cancelled while it waits
+/// (API.md §5.1, §5.5, §7; every call gets its result): the call gated by a pending tool
+/// approval, or the `executePlan` behind a pending plan approval, then each `call_agent`
+/// around it. Empty unless every open call is one of those, so that replay stops where a
+/// driver would have stopped.
+fn cancelled_gate_results(
+    store: &Store,
+    run: RunId,
+) -> Result<Vec<payloads::ToolCallCompleted>, EngineError> {
+    use flowai_storage::RecordKind;
+    fn decoded<T: serde::de::DeserializeOwned>(
+        seq: u64,
+        kind: &'static str,
+        payload: &str,
+    ) -> Result<T, EngineError> {
+        serde_json::from_str(payload).map_err(|e| EngineError::CorruptPayload {
+            seq,
+            kind,
+            reason: e.to_string(),
+        })
+    }
+    let mut open: BTreeMap<u64, payloads::ToolCallStarted> = BTreeMap::new();
+    let mut pending: BTreeMap<String, payloads::ApprovalRequested> = BTreeMap::new();
+    for stored in store.records(run, 1)? {
+        let (seq, payload) = (stored.seq, stored.record.payload.as_str());
+        match stored.record.kind {
+            RecordKind::ToolCallStarted => {
+                open.insert(seq, decoded(seq, "ToolCallStarted", payload)?);
+            }
+            RecordKind::ToolCallCompleted => {
+                let done: payloads::ToolCallCompleted = decoded(seq, "ToolCallCompleted", payload)?;
+                open.remove(&done.call_seq);
+            }
+            RecordKind::ApprovalRequested => {
+                let asked: payloads::ApprovalRequested =
+                    decoded(seq, "ApprovalRequested", payload)?;
+                pending.insert(asked.approval_id.clone(), asked);
+            }
+            RecordKind::ApprovalDecided => {
+                let decided: payloads::ApprovalDecided = decoded(seq, "ApprovalDecided", payload)?;
+                pending.remove(&decided.approval_id);
+            }
+            _ => {}
+        }
+    }
+    let mut results = Vec::new();
+    for (call_seq, call) in open.into_iter().rev() {
+        let innermost = results.is_empty();
+        let gated = |kind: &str, target: &str, correlation: Option<&str>| {
+            pending.values().any(|a| {
+                a.kind == kind
+                    && a.target == target
+                    && correlation.is_none_or(|id| a.correlation_id.as_deref() == Some(id))
+            })
+        };
+        let message = if !innermost && call.tool == "call_agent" {
+            String::from("Sub-agent invocation cancelled")
+        } else if innermost && gated("tool", &call.tool, Some(&call.tool_use_id)) {
+            String::from("Cancelled while awaiting approval")
+        } else if innermost && call.tool == "executePlan" {
+            let args: Value = serde_json::from_str(call.args.get()).unwrap_or(Value::Null);
+            match args.get("planId").and_then(Value::as_str) {
+                Some(plan_id) if gated("plan", plan_id, None) => {
+                    format!("Plan {plan_id} approval was cancelled")
+                }
+                _ => return Ok(Vec::new()),
+            }
+        } else {
+            return Ok(Vec::new());
+        };
+        let result = serde_json::value::to_raw_value(&json!({ "error": message }))
+            .map_err(|e| EngineError::Internal(format!("cannot encode a result: {e}")))?;
+        results.push(payloads::ToolCallCompleted {
+            call_seq,
+            result,
+            is_error: true,
+            duration_ms: 0,
+            ui: Vec::new(),
+            echo_text: false,
+        });
+    }
+    Ok(results)
 }
 
 /// The ApprovalRequested record an approval row points at (one record read, not the

@@ -300,9 +300,27 @@ async fn cancelling_a_suspended_run_resolves_its_approvals() {
             .map(|e| e.to_string()),
         Some(format!("run {run_id} is cancelled"))
     );
-    // A cancelled approval yields no decision event on replay.
+    // A cancelled approval yields no decision event on replay; the calls the run left
+    // open get their cancelled results, as when its driver is cancelled at the gate.
     let replayed = event_values(&built.runtime.replay_events(&run_id).unwrap());
     assert!(replayed.iter().all(|e| e["type"] != "approval-decision"));
+    assert_eq!(cancelled_results(&replayed), expected_cancelled_results());
+    let kinds: Vec<&str> = built
+        .runtime
+        .journal(&run_id, 0)
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds[kinds.len() - 4..],
+        [
+            "ApprovalDecided",
+            "ToolCallCompleted",
+            "ToolCallCompleted",
+            "RunCancelled"
+        ]
+    );
     assert!(built.runtime.pending().unwrap().is_empty());
     assert_eq!(host.dispatch_count(), 0);
     built.runtime.verify(&run_id).await.unwrap();
@@ -324,8 +342,19 @@ async fn cancelling_a_run_waiting_in_this_runtime() {
     let rest = collect(&mut stream).await;
     assert!(
         rest.iter()
-            .all(|e: &Value| e["type"] != "approval-decision")
+            .all(|e: &Value| e["type"] != "approval-decision" && e["type"] != "finish"),
+        "{rest:?}"
     );
+    assert_eq!(
+        cancelled_results(&rest),
+        expected_cancelled_results(),
+        "{rest:?}"
+    );
+    let decided = records_of(&built.runtime, &run_id, "ApprovalDecided");
+    assert_eq!(decided.len(), 1, "resolved once: {decided:?}");
+    assert_eq!(decided[0].1["outcome"], "cancelled");
+    let replayed = event_values(&built.runtime.replay_events(&run_id).unwrap());
+    assert_eq!(cancelled_results(&replayed), expected_cancelled_results());
     assert_eq!(
         built.runtime.run(&run_id).unwrap().meta.status,
         RunStatus::Cancelled
@@ -685,4 +714,160 @@ async fn a_resumed_run_is_running_while_it_acts() {
         built.runtime.run(&run_id).unwrap().meta.status,
         RunStatus::Completed
     );
+}
+
+/// The cancelled results a run cancelled at the demo flow's plan gate ends with: the
+/// gated `executePlan`, then the `call_agent` that runs the executor (API.md §5.1, §5.5).
+fn cancelled_results(events: &[Value]) -> Vec<(String, Value)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "tool-invocation" && e["state"] == "result")
+        .map(|e| {
+            (
+                e["toolName"].as_str().unwrap().to_owned(),
+                e["result"].clone(),
+            )
+        })
+        .skip_while(|(tool, _)| tool != "executePlan")
+        .collect()
+}
+
+fn expected_cancelled_results() -> Vec<(String, Value)> {
+    vec![
+        (
+            String::from("executePlan"),
+            json!({"error": "Plan demo-plan-1 approval was cancelled"}),
+        ),
+        (
+            String::from("call_agent"),
+            json!({"error": "Sub-agent invocation cancelled"}),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_run_cancelled_while_a_side_effect_runs_stops_after_it_and_verifies() {
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let host = dispatching();
+    let gate_host = GateHost::holding(Arc::clone(&host), Arc::clone(&hold));
+    let built = build_gated(
+        plans_spec("acme", never(), never()),
+        gate_host.clone(),
+        Store::in_memory().unwrap(),
+        Options::default(),
+    );
+    let mut stream = built.runtime.query(&prompt(), "t1", None).unwrap();
+    let run_id = stream.run_id().to_owned();
+    let reader = tokio::spawn(async move { collect(&mut stream).await });
+    gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+    built.runtime.cancel(&run_id).await.unwrap();
+    hold.add_permits(1);
+    let events = reader.await.unwrap();
+    // The dispatch under way finishes and is recorded; nothing after it runs, and the
+    // executor's call_agent gets its cancelled result.
+    let results: Vec<(String, Value)> = events
+        .iter()
+        .filter(|e| e["type"] == "tool-invocation" && e["state"] == "result")
+        .map(|e| {
+            (
+                e["toolName"].as_str().unwrap().to_owned(),
+                e["result"].clone(),
+            )
+        })
+        .skip(2)
+        .collect();
+    assert_eq!(results.len(), 2, "{events:?}");
+    assert_eq!(results[0].0, "executePlan");
+    assert_eq!(results[0].1["entitiesAffected"], 2, "{:?}", results[0]);
+    assert_eq!(
+        results[1],
+        (
+            String::from("call_agent"),
+            json!({"error": "Sub-agent invocation cancelled"})
+        )
+    );
+    let last = events.last().unwrap();
+    assert_eq!(
+        (&last["toolName"], &last["state"]),
+        (&json!("call_agent"), &json!("result")),
+        "nothing follows the cancelled result: {events:?}"
+    );
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Cancelled
+    );
+    assert_eq!(host.dispatch_count(), 1);
+    assert_eq!(
+        event_values(&built.runtime.replay_events(&run_id).unwrap()),
+        events
+    );
+    built.runtime.verify(&run_id).await.unwrap();
+}
+
+/// Before cancelled calls got results, a run cancelled at its gate ended with the
+/// cancelled decision and RunCancelled alone; such a journal still verifies.
+#[tokio::test]
+async fn a_journal_cancelled_at_its_gate_without_results_still_verifies() {
+    use flowai_storage::payloads::{self, Payload};
+    use flowai_storage::{
+        AppendRequest, ApprovalStatus, IndexUpdate, Precondition, Record, RunAppend,
+    };
+    fn record<P: Payload>(payload: &P) -> Record {
+        Record {
+            kind: P::KIND,
+            version: P::VERSION,
+            at_ms: START_MS,
+            payload: serde_json::to_string(payload).unwrap(),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.redb");
+    let (run_id, approval_id) = suspend_at_plan_gate(&path).await;
+    let store = Store::open(&path, Default::default()).unwrap();
+    let run = run_id.parse().unwrap();
+    store
+        .append(AppendRequest {
+            run: Some(RunAppend {
+                run_id: run,
+                expected_first_seq: None,
+                records: vec![
+                    record(&payloads::ApprovalDecided {
+                        approval_id: approval_id.clone(),
+                        kind: String::from("plan"),
+                        target: String::from("demo-plan-1"),
+                        outcome: String::from("cancelled"),
+                        feedback: None,
+                        partial: None,
+                        origin: String::from("engine"),
+                    }),
+                    record(&payloads::RunCancelled {
+                        origin: String::from("engine"),
+                    }),
+                ],
+            }),
+            index_updates: vec![
+                IndexUpdate::SetApprovalStatus {
+                    id: approval_id,
+                    status: ApprovalStatus::Cancelled,
+                },
+                IndexUpdate::SetRunStatus {
+                    run_id: run,
+                    status: RunStatus::Cancelled,
+                    at_ms: START_MS,
+                },
+            ],
+            precondition: Precondition::None,
+        })
+        .await
+        .unwrap();
+    let host = dispatching();
+    let built = build_gated(
+        plans_spec("acme", always(), never()),
+        GateHost::new(Arc::clone(&host)),
+        store,
+        Options::default(),
+    );
+    built.runtime.verify(&run_id).await.unwrap();
+    let replayed = event_values(&built.runtime.replay_events(&run_id).unwrap());
+    assert!(cancelled_results(&replayed).is_empty(), "{replayed:?}");
 }

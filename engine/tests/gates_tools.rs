@@ -512,10 +512,18 @@ async fn cancelling_at_a_tool_gate_never_runs_the_handler() {
     let (_, approval_id) = until_approval(&mut stream).await;
     stream.cancel();
     let rest = collect(&mut stream).await;
-    assert!(
-        rest.iter().all(|e| e["type"] != "tool-invocation"),
-        "{rest:?}"
+    // The gated call still gets its one result (API.md §3.2, §7), and the run stops there.
+    let results: Vec<&Value> = rest
+        .iter()
+        .filter(|e| e["type"] == "tool-invocation")
+        .collect();
+    assert_eq!(results.len(), 1, "{rest:?}");
+    assert_eq!(results[0]["state"], "result");
+    assert_eq!(
+        results[0]["result"],
+        json!({"error": "Cancelled while awaiting approval"})
     );
+    assert!(rest.iter().all(|e| e["type"] != "finish"), "{rest:?}");
     let run_id = stream.run_id().to_owned();
     assert_eq!(
         built.runtime.run(&run_id).unwrap().meta.status,

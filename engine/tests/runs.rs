@@ -437,9 +437,14 @@ async fn cancelling_a_run_waiting_at_a_gate_resolves_its_approval() {
     );
     built.runtime.cancel(stream.run_id()).await.unwrap();
     let rest = collect(&mut stream).await;
-    assert!(
-        rest.is_empty(),
-        "a cancelled run emits nothing more: {rest:?}"
+    assert_eq!(
+        rest,
+        [json!({
+            "type": "tool-invocation", "toolInvocationId": "scripted-tool-1",
+            "toolName": "delete_all", "args": {}, "state": "result",
+            "result": {"error": "Cancelled while awaiting approval"},
+        })],
+        "a cancelled run gives the gated call its result, then emits nothing more"
     );
     assert_eq!(
         built.runtime.run(stream.run_id()).unwrap().meta.status,
@@ -463,8 +468,8 @@ async fn cancelling_a_run_waiting_at_a_gate_resolves_its_approval() {
         .map(|e| e.kind)
         .collect();
     assert_eq!(
-        &kinds[kinds.len() - 2..],
-        ["ApprovalDecided", "RunCancelled"]
+        &kinds[kinds.len() - 3..],
+        ["ApprovalDecided", "ToolCallCompleted", "RunCancelled"]
     );
     let err = built.runtime.resume(stream.run_id(), false).err().unwrap();
     assert_eq!(

@@ -435,6 +435,17 @@ def test_cancel_a_suspended_run(flow: ModuleType, tmp_path: Path) -> None:
     info = runtime.run(gate["run"])
     assert info["status"] == "cancelled" and info["pendingApprovals"] == []
 
+    async def replayed() -> list[dict[str, Any]]:
+        return [event async for event in runtime.replay(gate["run"])]
+
+    # The gated call gets its result, as when the run is cancelled while driven.
+    last = asyncio.run(replayed())[-1]
+    assert (last["toolName"], last["state"], last["result"]) == (
+        "apply",
+        "result",
+        {"error": "Cancelled while awaiting approval"},
+    )
+
     async def late() -> None:
         await runtime.respond_to_approval(gate["approval"], "approve")
 

@@ -341,9 +341,27 @@ def test_stream_cancel_after_start_at_a_gate() -> None:
 
     events = asyncio.run(consume())
     approval_id = next(e for e in events if e["type"] == "approval-required")["data"]["id"]
+    # The gated call still gets its one result (API.md §7), and nothing follows it.
+    assert events[-1] == {
+        "type": "tool-invocation",
+        "toolInvocationId": "scripted-tool-1",
+        "toolName": "guarded",
+        "args": {},
+        "state": "result",
+        "result": {"error": "Cancelled while awaiting approval"},
+    }
     info = runtime.run(stream.run_id)
     assert info["status"] == "cancelled" and info["pendingApprovals"] == []
-    assert runtime.journal(stream.run_id)[-1]["kind"] == "RunCancelled"
+    assert [r["kind"] for r in runtime.journal(stream.run_id)[-3:]] == [
+        "ApprovalDecided",
+        "ToolCallCompleted",
+        "RunCancelled",
+    ]
+
+    async def replayed() -> list[dict[str, Any]]:
+        return [event async for event in runtime.replay(stream.run_id)]
+
+    assert asyncio.run(replayed()) == events
 
     async def answer() -> None:
         await runtime.respond_to_approval(approval_id, "approve")
