@@ -794,6 +794,11 @@ impl Driver {
                 // The outcome follows the references the handler created.
                 return Ok(ToolOutcome::ok(Value::Null));
             }
+            if kind == RecordKind::RunCancelled && self.j.mode() == DriveMode::Verify {
+                // Cancelled from outside while this call's handler was in doubt after a
+                // crash (or before it ran): the journal ends here, nothing to compare.
+                return Err(EngineError::JournalEnd);
+            }
             let seq = self.j.next_recorded_seq();
             let (recorded, actual) = if last_attempt == 0 {
                 // The recorded run never invoked this handler, e.g. its input failed

@@ -349,8 +349,9 @@ def test_approval_answered_from_a_second_process(flow: ModuleType, tmp_path: Pat
     runtime.close()
 
 
-def test_resume_after_sigkill_in_a_handler(flow: ModuleType, tmp_path: Path) -> None:
-    path = str(tmp_path / "killed.redb")
+def kill_in_handler(flow: ModuleType, path: str) -> tuple[str, str]:
+    """Runs the flow in a child process that is SIGKILLed inside its first handler, whose
+    attempt is durable and has no outcome; returns the run id and the idempotency key."""
     with subprocess.Popen(
         [sys.executable, str(flow.__file__), "gate", path],
         stdout=subprocess.PIPE,
@@ -364,7 +365,12 @@ def test_resume_after_sigkill_in_a_handler(flow: ModuleType, tmp_path: Path) -> 
         assert attempt == "1"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+    return run_id, key
 
+
+def test_resume_after_sigkill_in_a_handler(flow: ModuleType, tmp_path: Path) -> None:
+    path = str(tmp_path / "killed.redb")
+    run_id, key = kill_in_handler(flow, path)
     runtime = flow.runtime(path)
     assert runtime.run(run_id)["status"] == "interrupted"
     assert [r["runId"] for r in runtime.pending()] == [run_id]
@@ -376,6 +382,25 @@ def test_resume_after_sigkill_in_a_handler(flow: ModuleType, tmp_path: Path) -> 
     lookups = [(e["state"]) for e in events if e.get("toolName") == "lookup"]
     assert lookups == ["result"]  # no second call event for the re-run attempt
     assert runtime.run(run_id)["status"] == "completed"
+    runtime.close()
+
+
+def test_a_run_cancelled_after_sigkill_in_a_handler_verifies(flow: ModuleType, tmp_path: Path) -> None:
+    path = str(tmp_path / "killed.redb")
+    run_id, _ = kill_in_handler(flow, path)
+    runtime = flow.runtime(path)
+    runtime.cancel(run_id)
+    assert runtime.run(run_id)["status"] == "cancelled"
+
+    async def replayed() -> list[dict[str, Any]]:
+        return [e async for e in runtime.replay(run_id, verify=True)]
+
+    # Re-driven, the journal ends at the cancellation: nothing recorded differs, and
+    # verifying invokes no handler.
+    flow.CALLS.clear()
+    events = asyncio.run(replayed())
+    assert [e["state"] for e in events if e.get("toolName") == "lookup"] == ["call"]
+    assert flow.CALLS == []
     runtime.close()
 
 
