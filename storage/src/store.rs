@@ -565,11 +565,11 @@ impl Store {
                 .open_read_only_with_backend(wal::SharedWal(Arc::clone(&backend)));
             // Reported only when no writer holds the file: a live writer may be in the
             // middle of a checkpoint, and that is reported as locked.
-            if backend.is_foreign()
+            if let Some(why) = backend.foreign()
                 && !matches!(opened, Err(redb::DatabaseError::DatabaseAlreadyOpen))
             {
                 return Err(redb::DatabaseError::Storage(redb::StorageError::Io(
-                    wal::foreign_log_error(),
+                    why.into(),
                 )));
             }
             opened.map(|db| (db, backend))
@@ -584,7 +584,7 @@ impl Store {
                     Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                         return Err(StoreError::Locked {
                             path: label,
-                            hint: "a process has it open for writing without the `shared_reads` option; open the writer with StoreOptions { shared_reads: true, .. } to read beside it, or stop it first".into(),
+                            hint: "a process has it open for writing without the `shared_reads` option; open the writer with it to read beside it (Python: `open_store(path, shared_reads=True)`; Rust: `StoreOptions { shared_reads: true, .. }`), or stop it first".into(),
                         });
                     }
                     Err(redb::DatabaseError::RepairAborted) => {

@@ -296,7 +296,7 @@ pub(crate) struct WalBackend {
     owned: Arc<AtomicBool>,
     /// The log next to the store file does not belong to it ([`belongs_to`]): it was not
     /// replayed, and this backend neither writes nor removes anything.
-    foreign: bool,
+    foreign: Option<ForeignLog>,
     state: RwLock<State>,
 }
 
@@ -323,15 +323,17 @@ impl WalBackend {
             len: base_len,
         };
         let mut journal = Vec::new();
-        let mut foreign = false;
+        let mut foreign = None;
         let recovered = match std::fs::read(&wal_path) {
             Ok(bytes) => match parse_header(&bytes)? {
-                Some(header) if !belongs_to(&bytes, &header, &main)? => {
-                    // Nothing is replayed, and nothing may write: the log stays as it is.
-                    foreign = true;
-                    None
-                }
-                Some(header) => Some(replay(&bytes, &header, &mut image, &main, &mut journal)?),
+                Some(header) => match belongs_to(&bytes, &header, &main)? {
+                    Some(why) => {
+                        // Nothing is replayed, and nothing may write: the log stays as it is.
+                        foreign = Some(why);
+                        None
+                    }
+                    None => Some(replay(&bytes, &header, &mut image, &main, &mut journal)?),
+                },
                 None => None,
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -388,8 +390,10 @@ impl WalBackend {
             .create_with_backend(SharedWal(Arc::clone(&backend)));
         // Only once redb's lock is ours does the log say anything: a live writer of
         // another process may be checkpointing it, and that one is reported as locked.
-        if backend.foreign && !matches!(opened, Err(redb::DatabaseError::DatabaseAlreadyOpen)) {
-            return Err(foreign_log_error());
+        if let Some(why) = backend.foreign
+            && !matches!(opened, Err(redb::DatabaseError::DatabaseAlreadyOpen))
+        {
+            return Err(why.into());
         }
         if opened.is_ok() {
             backend.owned.store(true, Ordering::Release);
@@ -491,15 +495,14 @@ impl WalBackend {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the log next to the store file was left alone because it does not belong
-    /// to it ([`ForeignLog`]).
-    pub(crate) fn is_foreign(&self) -> bool {
+    /// Why the log next to the store file was left alone, if it does not belong to it.
+    pub(crate) fn foreign(&self) -> Option<ForeignLog> {
         self.foreign
     }
 
     fn write_state(&self) -> io::Result<RwLockWriteGuard<'_, State>> {
-        if self.foreign {
-            return Err(foreign_log_error());
+        if let Some(why) = self.foreign {
+            return Err(why.into());
         }
         if !self.writable {
             return Err(io::Error::new(
@@ -1028,29 +1031,71 @@ fn parse_header(bytes: &[u8]) -> io::Result<Option<Header>> {
     }))
 }
 
-/// Whether the log's generation was written over the store file as it is now (or over an
-/// earlier state of it that a checkpoint of the generation was turning into this one).
-/// Logs without a fingerprint (versions 1 and 2) are taken as they are.
-fn belongs_to(bytes: &[u8], header: &Header, main: &FileBackend) -> io::Result<bool> {
-    match header.base {
-        None => Ok(true),
-        Some(_) if checkpoint_marked(bytes, header.salt) => Ok(true),
-        Some(base) => Ok(fingerprint(main)? == base),
+/// `None` when the log's generation was written over the store file as it is now (or over
+/// an earlier state of it that a checkpoint of the generation was turning into this one),
+/// else why not. Logs without a fingerprint (versions 1 and 2) are taken as they are.
+fn belongs_to(bytes: &[u8], header: &Header, main: &FileBackend) -> io::Result<Option<ForeignLog>> {
+    let base = match header.base {
+        None => return Ok(None),
+        Some(_) if checkpoint_marked(bytes, header.salt) => return Ok(None),
+        Some(base) => base,
+    };
+    let now = fingerprint(main)?;
+    if now == base {
+        return Ok(None);
     }
+    // The same first page over another length: this file, cut or extended since (a crash
+    // never changes the file's length under a generation; only a checkpoint does).
+    let (expected, found) = (base.0, now.0);
+    let page = expected.min(CHUNK);
+    if expected != found && found >= page {
+        let mut first = vec![0u8; page as usize];
+        main.read(0, &mut first)?;
+        if checksum(expected, &[&first]) == base.1 {
+            return Ok(Some(if found > expected {
+                ForeignLog::Grown { expected, found }
+            } else {
+                ForeignLog::Cut { expected, found }
+            }));
+        }
+    }
+    Ok(Some(ForeignLog::Other))
 }
 
-/// Why a log that does not belong to its store file is left alone.
-const FOREIGN_LOG: &str = "it was written over another store file (or over another state of \
-    this one, such as a backup put back), and replaying it would corrupt the store: move the \
-    log away to open the store file as it is, or put back the store file it belongs to";
+/// Why an open left the log next to a store file alone: replaying it over the file as it is
+/// would corrupt the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ForeignLog {
+    /// The file the log was written over, with bytes appended since.
+    #[error(
+        "the store file has {} bytes more than when this log was written over it \
+         ({expected} bytes, with the same first page): bytes were appended to it. Cut it \
+         back to {expected} bytes to open it with its log (moving the log away would lose \
+         the commits it holds)",
+        found - expected
+    )]
+    Grown { expected: u64, found: u64 },
+    /// The file the log was written over, cut short since.
+    #[error(
+        "the store file has {} bytes less than when this log was written over it \
+         ({expected} bytes, with the same first page): it was cut, and the log's commits \
+         cannot be replayed over what is left. Restore the file from a backup",
+        expected - found
+    )]
+    Cut { expected: u64, found: u64 },
+    /// Another file, or another state of this one.
+    #[error(
+        "it was written over another store file (or over another state of this one, such \
+         as a backup put back), and replaying it would corrupt the store: move the log away \
+         to open the store file as it is, or put back the store file it belongs to"
+    )]
+    Other,
+}
 
-/// The error of an open that found a log not belonging to its store file.
-#[derive(Debug, thiserror::Error)]
-#[error("{FOREIGN_LOG}")]
-pub(crate) struct ForeignLog;
-
-pub(crate) fn foreign_log_error() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, ForeignLog)
+impl From<ForeignLog> for io::Error {
+    fn from(why: ForeignLog) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, why)
+    }
 }
 
 /// Whether `e` (from opening a store over its log) is [`ForeignLog`].
@@ -1166,7 +1211,8 @@ impl StorageBackend for WalBackend {
         // Only a writer holding redb's lock may touch the files: a failed open also closes,
         // and must leave a live writer's log alone. A writer that holds it folds in even a
         // log it only recovered (redb need not write when the replayed file is clean).
-        let holds_lock = !self.foreign && (state.wrote || self.owned.load(Ordering::Acquire));
+        let holds_lock =
+            self.foreign.is_none() && (state.wrote || self.owned.load(Ordering::Acquire));
         let has_log = state.log.is_some();
         let mut result = Ok(());
         // Journal frames nobody committed yet must stay in the log for the next open.
@@ -1644,6 +1690,70 @@ mod tests {
         assert_eq!(contents(&reopened), vec![1u8; 5000]);
     }
 
+    /// After a crash, a store file whose length changed under its log: the error says
+    /// which way, and cutting appended bytes off opens it with every commit.
+    #[test]
+    fn a_store_file_cut_or_extended_under_its_log_is_named_as_such() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = new_store_file(dir.path());
+        let backend = WalBackend::open(&path, true, SMALL).expect("open");
+        backend.write(0, &[1u8; 6000]).expect("write");
+        backend.sync_data().expect("sync");
+        backend
+            .checkpoint_partially(usize::MAX)
+            .expect("checkpoint");
+        backend.write(100, &[3u8; 10]).expect("write");
+        backend.sync_data().expect("sync");
+        drop(backend); // the crash
+        let mut expected = vec![1u8; 6000];
+        expected[100..110].fill(3);
+        let original = std::fs::read(&path).expect("main");
+        let len = original.len() as u64;
+
+        let mut grown = original.clone();
+        grown.extend_from_slice(&[7u8; 5000]);
+        std::fs::write(&path, &grown).expect("append");
+        let why = WalBackend::open(&path, true, SMALL)
+            .expect("open")
+            .foreign();
+        assert_eq!(
+            why,
+            Some(ForeignLog::Grown {
+                expected: len,
+                found: len + 5000
+            })
+        );
+        let err = io::Error::from(why.expect("foreign"));
+        assert!(is_foreign_log(&err), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("5000 bytes more") && text.contains(&format!("back to {len} bytes")),
+            "{text}"
+        );
+
+        std::fs::write(&path, &original[..original.len() - 1000]).expect("cut");
+        let why = WalBackend::open(&path, false, SMALL)
+            .expect("open")
+            .foreign();
+        assert_eq!(
+            why,
+            Some(ForeignLog::Cut {
+                expected: len,
+                found: len - 1000
+            })
+        );
+        let text = io::Error::from(why.expect("foreign")).to_string();
+        assert!(
+            text.contains("1000 bytes less") && text.contains("backup"),
+            "{text}"
+        );
+
+        // Following the first message: the file as it was, and the log's commit replayed.
+        std::fs::write(&path, &original).expect("restore");
+        let reopened = WalBackend::open(&path, false, SMALL).expect("reopen");
+        assert_eq!(contents(&reopened), expected);
+    }
+
     #[test]
     fn frames_of_an_older_generation_do_not_count() {
         let dir = tempfile::tempdir().expect("dir");
@@ -1692,7 +1802,7 @@ mod tests {
         let log_before = std::fs::read(wal_path(&path)).expect("log");
         for writable in [false, true] {
             let reopened = WalBackend::open(&path, writable, SMALL).expect("open");
-            assert!(reopened.is_foreign());
+            assert_eq!(reopened.foreign(), Some(ForeignLog::Other));
             assert_eq!(contents(&reopened), vec![1u8; 6000], "the backup, as it is");
             assert!(reopened.write(0, b"x").is_err());
             assert!(reopened.sync_data().is_err());
@@ -1722,7 +1832,7 @@ mod tests {
         drop(backend);
         assert_eq!(std::fs::read(&path).expect("main")[..3000], [1u8; 3000]);
         let reopened = WalBackend::open(&path, false, SMALL).expect("open");
-        assert!(!reopened.is_foreign());
+        assert_eq!(reopened.foreign(), None);
         let mut expected = vec![1u8; 23_000];
         expected[3000..20_000].fill(0);
         expected[20_000..].fill(2);
