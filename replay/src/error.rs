@@ -96,15 +96,28 @@ pub mod exit {
 
 fn store_code(e: &StoreError) -> i32 {
     match e {
-        StoreError::Locked { .. } | StoreError::NotFound { .. } | StoreError::Closed { .. } => {
-            exit::STORE_UNAVAILABLE
+        // A store left by a crashed writer is not damaged: it is unavailable to a
+        // read-only command until a writer opens it (which recovers it).
+        StoreError::Locked { .. }
+        | StoreError::NotFound { .. }
+        | StoreError::Closed { .. }
+        | StoreError::NeedsRecovery { .. } => exit::STORE_UNAVAILABLE,
+        StoreError::Io { source, .. } if names_no_file(source) => exit::USAGE,
+        StoreError::Db { source, .. } if matches!(source.as_ref(), redb::Error::Io(io) if names_no_file(io)) => {
+            exit::USAGE
         }
-        StoreError::Corrupt { .. }
-        | StoreError::UnsupportedFormat { .. }
-        | StoreError::NeedsRecovery { .. } => exit::CORRUPT,
+        StoreError::Corrupt { .. } | StoreError::UnsupportedFormat { .. } => exit::CORRUPT,
         StoreError::Db { source, .. } if not_a_store(source) => exit::CORRUPT,
         _ => exit::FAILURE,
     }
+}
+
+/// A path that names a directory, or goes through a file: a usage error, not a store's.
+fn names_no_file(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::IsADirectory | std::io::ErrorKind::NotADirectory
+    )
 }
 
 /// redb's verdict on bytes that are not (or no longer) a database.
@@ -167,6 +180,13 @@ mod tests {
         };
         assert_eq!(ReplayError::Engine(corrupt).exit_code(), 4);
         assert_eq!(ReplayError::Usage("u".into()).exit_code(), 2);
+        let crashed = StoreError::NeedsRecovery { path: "/x".into() };
+        assert_eq!(ReplayError::Store(crashed).exit_code(), 3);
+        let directory = StoreError::Io {
+            path: "/x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::IsADirectory),
+        };
+        assert_eq!(ReplayError::Store(directory).exit_code(), 2);
         let missing = StoreError::NotFound { path: "/x".into() };
         assert_eq!(
             ReplayError::Engine(EngineError::Store(missing)).exit_code(),

@@ -182,6 +182,11 @@ async fn exit_codes() {
     let (code, _, err) = flowai(&["show", p, "not-a-ulid"]);
     assert_eq!(code, 2);
     assert!(err.contains("run id must be a ULID: not-a-ulid"), "{err}");
+    // A directory names no store: a usage error, not a failed verification.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = flowai(&["runs", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("Is a directory"), "{err}");
     let (code, _, err) = flowai(&["show", p, "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
     assert_eq!(code, 2);
     assert!(
