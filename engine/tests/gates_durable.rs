@@ -305,13 +305,7 @@ async fn cancelling_a_suspended_run_resolves_its_approvals() {
     let replayed = event_values(&built.runtime.replay_events(&run_id).unwrap());
     assert!(replayed.iter().all(|e| e["type"] != "approval-decision"));
     assert_eq!(cancelled_results(&replayed), expected_cancelled_results());
-    let kinds: Vec<&str> = built
-        .runtime
-        .journal(&run_id, 0)
-        .unwrap()
-        .iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = record_kinds(&built.runtime, &run_id);
     assert_eq!(
         kinds[kinds.len() - 4..],
         [

@@ -160,13 +160,7 @@ async fn a_request_in_flight_at_a_stop_is_sent_again_on_resume() {
         built.runtime.run(&run_id).unwrap().meta.status,
         RunStatus::Interrupted
     );
-    let kinds: Vec<&str> = built
-        .runtime
-        .journal(&run_id, 0)
-        .unwrap()
-        .iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = record_kinds(&built.runtime, &run_id);
     assert_eq!(kinds.last(), Some(&"ModelRequested"), "{kinds:?}");
 
     // A new runtime (new server address, so the spec changed) resumes and asks again.
@@ -202,13 +196,7 @@ async fn a_request_in_flight_at_a_stop_is_sent_again_on_resume() {
         ]
     );
     assert_eq!(server.requests().len(), 1);
-    let kinds: Vec<&str> = resumed
-        .runtime
-        .journal(&run_id, 0)
-        .unwrap()
-        .iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = record_kinds(&resumed.runtime, &run_id);
     assert_eq!(kinds.iter().filter(|k| **k == "ModelRequested").count(), 1);
     assert_eq!(kinds.iter().filter(|k| **k == "ModelResponded").count(), 1);
     assert_eq!(

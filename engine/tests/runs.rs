@@ -460,13 +460,7 @@ async fn cancelling_a_run_waiting_at_a_gate_resolves_its_approval() {
         err.to_string(),
         format!("approval already resolved: {approval}")
     );
-    let kinds: Vec<&str> = built
-        .runtime
-        .journal(stream.run_id(), 0)
-        .unwrap()
-        .iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = record_kinds(&built.runtime, stream.run_id());
     assert_eq!(
         &kinds[kinds.len() - 3..],
         ["ApprovalDecided", "ToolCallCompleted", "RunCancelled"]

@@ -1690,18 +1690,25 @@ mod tests {
         assert_eq!(contents(&reopened), vec![1u8; 5000]);
     }
 
-    /// After a crash, a store file whose length changed under its log: the error says
-    /// which way, and cutting appended bytes off opens it with every commit.
-    #[test]
-    fn a_store_file_cut_or_extended_under_its_log_is_named_as_such() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = new_store_file(dir.path());
+    /// A store file of 6,000 bytes of 1s, written through its log and checkpointed into
+    /// it, and its writer.
+    fn checkpointed_store(dir: &Path) -> (PathBuf, WalBackend) {
+        let path = new_store_file(dir);
         let backend = WalBackend::open(&path, true, SMALL).expect("open");
         backend.write(0, &[1u8; 6000]).expect("write");
         backend.sync_data().expect("sync");
         backend
             .checkpoint_partially(usize::MAX)
             .expect("checkpoint");
+        (path, backend)
+    }
+
+    /// After a crash, a store file whose length changed under its log: the error says
+    /// which way, and cutting appended bytes off opens it with every commit.
+    #[test]
+    fn a_store_file_cut_or_extended_under_its_log_is_named_as_such() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (path, backend) = checkpointed_store(dir.path());
         backend.write(100, &[3u8; 10]).expect("write");
         backend.sync_data().expect("sync");
         drop(backend); // the crash
@@ -1781,13 +1788,7 @@ mod tests {
     #[test]
     fn a_log_over_another_state_of_the_store_file_is_left_alone() {
         let dir = tempfile::tempdir().expect("dir");
-        let path = new_store_file(dir.path());
-        let backend = WalBackend::open(&path, true, SMALL).expect("open");
-        backend.write(0, &[1u8; 6000]).expect("write");
-        backend.sync_data().expect("sync");
-        backend
-            .checkpoint_partially(usize::MAX)
-            .expect("checkpoint");
+        let (path, backend) = checkpointed_store(dir.path());
         let backup = std::fs::read(&path).expect("main");
         backend.write(0, &[2u8; 6000]).expect("write");
         backend.sync_data().expect("sync");

@@ -201,6 +201,16 @@ pub fn build(
     Ok(Built { runtime, clock })
 }
 
+/// The kinds of a run's journal records, in order.
+pub fn record_kinds(runtime: &Runtime, run_id: &str) -> Vec<&'static str> {
+    runtime
+        .journal(run_id, 0)
+        .expect("journal")
+        .iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
 /// Reads every event of a stream.
 pub async fn collect(stream: &mut RunStream) -> Vec<Value> {
     let mut out = Vec::new();
