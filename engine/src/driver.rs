@@ -45,6 +45,33 @@ pub(crate) enum Control {
     Cancel,
 }
 
+/// Whether a run's driver waits at a gate, shared with the runtime API: a cancellation of
+/// a run that waits there is recorded at once, so `Runtime::cancel` can wait for it to be
+/// durable (anywhere else the driver sees it only at its next step, and whoever cancels
+/// may be what that step waits for: the event loop, for an async handler or a consumer).
+#[derive(Default)]
+pub(crate) struct GateWait {
+    parked: bool,
+    /// Told once the cancellation is durable; dropped if the driver leaves the gate for
+    /// another reason first.
+    cancel_acks: Vec<oneshot::Sender<()>>,
+}
+
+impl GateWait {
+    /// An acknowledgement of the cancellation about to be sent, if the driver waits at a
+    /// gate now (and so will record it without taking another step).
+    pub(crate) fn ack_when_cancelled(&mut self) -> Option<oneshot::Receiver<()>> {
+        if !self.parked {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.cancel_acks.push(tx);
+        Some(rx)
+    }
+}
+
+pub(crate) type SharedGateWait = Arc<std::sync::Mutex<GateWait>>;
+
 /// How a run's driving ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunEnd {
@@ -137,6 +164,7 @@ pub(crate) struct Driver {
     /// Control messages that arrived before the gate they are for (while replaying).
     deferred: std::collections::VecDeque<Control>,
     cancel_requested: bool,
+    gate_wait: SharedGateWait,
     /// Approvals this driver resolved as cancelled at their gate, in the commit that
     /// ends the run (the store still shows them pending until then).
     cancelled_at_gate: Vec<String>,
@@ -166,6 +194,7 @@ impl Driver {
         shared: Arc<Shared>,
         journal: RunJournal,
         control: Option<mpsc::UnboundedReceiver<Control>>,
+        gate_wait: SharedGateWait,
         cancel_requested: bool,
     ) -> Driver {
         let run = journal.run_id().to_string();
@@ -178,6 +207,7 @@ impl Driver {
             control,
             deferred: std::collections::VecDeque::new(),
             cancel_requested,
+            gate_wait,
             cancelled_at_gate: Vec::new(),
             memory_out: Vec::new(),
             plans: std::collections::BTreeMap::new(),
@@ -360,7 +390,11 @@ impl Driver {
             },
             updates,
         )?;
-        self.j.flush().await?;
+        let committed = self.j.commit().await;
+        // Acknowledged once durable and before the events wait on the consumer, which
+        // may be the one waiting for this acknowledgement.
+        self.leave_gate(committed.is_ok());
+        self.j.deliver(committed?).await;
         Ok(RunEnd::Cancelled)
     }
 
@@ -1004,9 +1038,19 @@ impl Driver {
                         // Nobody can answer in this process: the run stays suspended.
                         return Err(EngineError::JournalEnd);
                     };
+                    self.gate_wait
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .parked = true;
                     let Some(message) = control.recv().await else {
+                        self.leave_gate(false);
                         return Err(EngineError::JournalEnd);
                     };
+                    if !matches!(message, Control::Cancel) {
+                        // Whatever this leads to may wait on the consumer (delivering a
+                        // decision's events): nobody may wait for a cancellation meanwhile.
+                        self.leave_gate(false);
+                    }
                     message
                 }
             };
@@ -1074,6 +1118,21 @@ impl Driver {
                     tracing::info!(run_id = %self.run, approval_id, outcome = %decision.outcome, "approval decided");
                     return Ok(decided);
                 }
+            }
+        }
+    }
+
+    /// The driver no longer waits at a gate. `cancelled`: the run's cancellation is
+    /// durable, and whoever waits for it hears so; otherwise they just stop waiting.
+    fn leave_gate(&self, cancelled: bool) {
+        let acks = {
+            let mut gate = self.gate_wait.lock().unwrap_or_else(|p| p.into_inner());
+            gate.parked = false;
+            std::mem::take(&mut gate.cancel_acks)
+        };
+        if cancelled {
+            for ack in acks {
+                let _ = ack.send(());
             }
         }
     }

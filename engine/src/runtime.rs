@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::driver::{Control, Decision, Driver, RunEnd};
+use crate::driver::{Control, Decision, Driver, RunEnd, SharedGateWait};
 use crate::error::EngineError;
 use crate::events::{Event, Projector};
 use crate::host::Host;
@@ -47,6 +47,7 @@ pub struct RuntimeOptions {
 
 pub(crate) struct ActiveRun {
     control: mpsc::UnboundedSender<Control>,
+    gate_wait: SharedGateWait,
     task: Option<tokio::task::AbortHandle>,
     /// The runtime driving it ([`Shared::runtime_id`]).
     owner: u64,
@@ -433,6 +434,7 @@ impl Runtime {
         let shared = Arc::clone(&self.shared);
         let start = Box::new(move |cancelled: bool| {
             let (control_tx, control_rx) = mpsc::unbounded_channel();
+            let gate_wait = SharedGateWait::default();
             {
                 let mut active = shared.active.lock().unwrap_or_else(|p| p.into_inner());
                 if active.contains_key(&run) {
@@ -445,6 +447,7 @@ impl Runtime {
                     run,
                     ActiveRun {
                         control: control_tx,
+                        gate_wait: Arc::clone(&gate_wait),
                         task: None,
                         owner: shared.runtime_id,
                     },
@@ -481,7 +484,13 @@ impl Runtime {
                     sink,
                 ),
             };
-            let driver = Driver::new(Arc::clone(&shared), journal, Some(control_rx), cancelled);
+            let driver = Driver::new(
+                Arc::clone(&shared),
+                journal,
+                Some(control_rx),
+                gate_wait,
+                cancelled,
+            );
             let cleanup = Arc::clone(&shared);
             let task = shared.handle.spawn(async move {
                 // A panic in the driver (redb's, on a damaged page it commits over, or a bug)
@@ -740,15 +749,31 @@ impl Runtime {
         })
     }
 
-    /// Cancels a run durably. A run driven here stops at its next step; a suspended
-    /// or interrupted one is cancelled in the store, its pending approvals resolved.
+    /// Cancels a run durably. A run driven here that waits at a gate is cancelled there,
+    /// durably by the time this returns; one taking a step stops at its next one. A
+    /// suspended or interrupted run is cancelled in the store, its approvals resolved.
     pub async fn cancel(&self, run_id: &str) -> Result<(), EngineError> {
         let (run, info) = self.run_of_tenant(run_id)?;
-        let control = self.control_of(run);
-        if let Some(control) = control
-            && control.send(Control::Cancel).is_ok()
-        {
-            return Ok(());
+        let driven = self
+            .shared
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&run)
+            .map(|a| (a.control.clone(), Arc::clone(&a.gate_wait)));
+        if let Some((control, gate_wait)) = driven {
+            let acked = gate_wait
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .ack_when_cancelled();
+            if control.send(Control::Cancel).is_ok() {
+                if let Some(acked) = acked {
+                    // Nothing but this cancellation is left for that driver to do: no
+                    // handler, no consumer stands between it and the commit.
+                    let _ = acked.await;
+                }
+                return Ok(());
+            }
         }
         match info.meta.status {
             RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled => {
@@ -884,7 +909,13 @@ impl Runtime {
             recorded,
             EventSink::none(),
         );
-        let driver = Driver::new(Arc::clone(&self.shared), journal, None, false);
+        let driver = Driver::new(
+            Arc::clone(&self.shared),
+            journal,
+            None,
+            SharedGateWait::default(),
+            false,
+        );
         driver.run(None).await.map(|_| ())
     }
 

@@ -333,6 +333,11 @@ async fn cancelling_a_run_waiting_in_this_runtime() {
     let (_, approval_id) = until_approval(&mut stream).await;
     let run_id = stream.run_id().to_owned();
     built.runtime.cancel(&run_id).await.unwrap();
+    // Waiting at its gate, the run is cancelled by the time cancel returns.
+    assert_eq!(
+        built.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Cancelled
+    );
     let rest = collect(&mut stream).await;
     assert!(
         rest.iter()

@@ -436,6 +436,11 @@ async fn cancelling_a_run_waiting_at_a_gate_resolves_its_approval() {
         RunStatus::Suspended
     );
     built.runtime.cancel(stream.run_id()).await.unwrap();
+    assert_eq!(
+        built.runtime.run(stream.run_id()).unwrap().meta.status,
+        RunStatus::Cancelled,
+        "durable by the time cancel returns"
+    );
     let rest = collect(&mut stream).await;
     assert_eq!(
         rest,

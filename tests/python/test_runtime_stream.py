@@ -371,6 +371,29 @@ def test_stream_cancel_after_start_at_a_gate() -> None:
     runtime.close()
 
 
+def test_runtime_cancel_of_a_run_waiting_at_a_gate_is_done_when_it_returns() -> None:
+    @define_tool("guarded", {}, approval="always")
+    def guarded(args: dict[str, Any], ctx: Any) -> str:
+        return "ran"
+
+    runtime = create_runtime(coordinator_spec((guarded,)), interpreter="scripted")
+
+    async def cancel_at_the_gate() -> str:
+        stream = runtime.query(json.dumps({"tool": "guarded", "args": {}}), "t1")
+        async for event in stream:
+            if event["type"] == "approval-required":
+                # From the consumer's own loop, while the run waits for the decision.
+                runtime.cancel(stream.run_id)
+                status: str = runtime.run(stream.run_id)["status"]
+                return status
+        raise AssertionError("no approval-required")
+
+    # Before, the driver recorded the cancellation a moment later: 7 reads in 20 saw
+    # "suspended".
+    assert [asyncio.run(cancel_at_the_gate()) for _ in range(10)] == ["cancelled"] * 10
+    runtime.close()
+
+
 def test_finished_stream_keeps_ending() -> None:
     runtime = create_runtime(coordinator_spec())
     stream = runtime.query("hello", "t1")
