@@ -828,9 +828,7 @@ impl Driver {
                 // The outcome follows the references the handler created.
                 return Ok(ToolOutcome::ok(Value::Null));
             }
-            if kind == RecordKind::RunCancelled && self.j.mode() == DriveMode::Verify {
-                // Cancelled from outside while this call's handler was in doubt after a
-                // crash (or before it ran): the journal ends here, nothing to compare.
+            if self.j.cancelled_here() {
                 return Err(EngineError::JournalEnd);
             }
             let seq = self.j.next_recorded_seq();

@@ -210,7 +210,7 @@ struct ModelRespondedView {
     error: Option<String>,
 }
 
-fn decode<P: Payload>(seq: u64, payload: &str) -> Result<P, EngineError> {
+pub(crate) fn decode<P: Payload>(seq: u64, payload: &str) -> Result<P, EngineError> {
     serde_json::from_str(payload).map_err(|e| EngineError::CorruptPayload {
         seq,
         kind: P::KIND.name(),

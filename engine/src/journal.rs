@@ -210,6 +210,13 @@ impl RunJournal {
         self.cursor.front().map(|r| r.record.kind)
     }
 
+    /// Verifying, whether the run was cancelled at this point: from outside while no
+    /// runtime drove it (a handler possibly in doubt), or by its driver at a check between
+    /// steps. Its journal ends wherever the driver stands; nothing is left to compare.
+    pub(crate) fn cancelled_here(&self) -> bool {
+        self.mode == DriveMode::Verify && self.peek_kind() == Some(RecordKind::RunCancelled)
+    }
+
     /// Takes the next recorded record, which must be of kind `P`. `Ok(None)` means the
     /// journal is exhausted and the caller acts live (Verify stops instead).
     pub(crate) async fn take<P: Payload>(&mut self) -> Result<Option<(u64, P)>, EngineError> {
@@ -219,13 +226,7 @@ impl RunJournal {
                 DriveMode::Live | DriveMode::Resume => Ok(None),
             };
         };
-        if front.record.kind == RecordKind::RunCancelled
-            && P::KIND != RecordKind::RunCancelled
-            && self.mode == DriveMode::Verify
-        {
-            // The run was cancelled here: from outside while no runtime drove it, or by
-            // its driver at a check between steps. Its journal ends wherever the driver
-            // stands, and there is nothing left to compare.
+        if P::KIND != RecordKind::RunCancelled && self.cancelled_here() {
             return Err(EngineError::JournalEnd);
         }
         if front.record.kind != P::KIND {

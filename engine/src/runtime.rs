@@ -635,12 +635,18 @@ impl Runtime {
 
     /// The control channel of the driver of `run`, when this process drives it.
     fn control_of(&self, run: RunId) -> Option<mpsc::UnboundedSender<Control>> {
+        self.driver_of(run).map(|(control, _)| control)
+    }
+
+    /// The control channel and gate state of the driver of `run`, when this process
+    /// drives it.
+    fn driver_of(&self, run: RunId) -> Option<(mpsc::UnboundedSender<Control>, SharedGateWait)> {
         self.shared
             .active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&run)
-            .map(|a| a.control.clone())
+            .map(|a| (a.control.clone(), Arc::clone(&a.gate_wait)))
     }
 
     fn is_active(&self, run: RunId) -> bool {
@@ -754,14 +760,7 @@ impl Runtime {
     /// suspended or interrupted run is cancelled in the store, its approvals resolved.
     pub async fn cancel(&self, run_id: &str) -> Result<(), EngineError> {
         let (run, info) = self.run_of_tenant(run_id)?;
-        let driven = self
-            .shared
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&run)
-            .map(|a| (a.control.clone(), Arc::clone(&a.gate_wait)));
-        if let Some((control, gate_wait)) = driven {
+        if let Some((control, gate_wait)) = self.driver_of(run) {
             let acked = gate_wait
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -1104,37 +1103,26 @@ fn cancelled_gate_results(
     store: &Store,
     run: RunId,
 ) -> Result<Vec<payloads::ToolCallCompleted>, EngineError> {
+    use crate::events::decode;
     use flowai_storage::RecordKind;
-    fn decoded<T: serde::de::DeserializeOwned>(
-        seq: u64,
-        kind: &'static str,
-        payload: &str,
-    ) -> Result<T, EngineError> {
-        serde_json::from_str(payload).map_err(|e| EngineError::CorruptPayload {
-            seq,
-            kind,
-            reason: e.to_string(),
-        })
-    }
     let mut open: BTreeMap<u64, payloads::ToolCallStarted> = BTreeMap::new();
     let mut pending: BTreeMap<String, payloads::ApprovalRequested> = BTreeMap::new();
     for stored in store.records(run, 1)? {
         let (seq, payload) = (stored.seq, stored.record.payload.as_str());
         match stored.record.kind {
             RecordKind::ToolCallStarted => {
-                open.insert(seq, decoded(seq, "ToolCallStarted", payload)?);
+                open.insert(seq, decode(seq, payload)?);
             }
             RecordKind::ToolCallCompleted => {
-                let done: payloads::ToolCallCompleted = decoded(seq, "ToolCallCompleted", payload)?;
+                let done: payloads::ToolCallCompleted = decode(seq, payload)?;
                 open.remove(&done.call_seq);
             }
             RecordKind::ApprovalRequested => {
-                let asked: payloads::ApprovalRequested =
-                    decoded(seq, "ApprovalRequested", payload)?;
+                let asked: payloads::ApprovalRequested = decode(seq, payload)?;
                 pending.insert(asked.approval_id.clone(), asked);
             }
             RecordKind::ApprovalDecided => {
-                let decided: payloads::ApprovalDecided = decoded(seq, "ApprovalDecided", payload)?;
+                let decided: payloads::ApprovalDecided = decode(seq, payload)?;
                 pending.remove(&decided.approval_id);
             }
             _ => {}
@@ -1165,11 +1153,9 @@ fn cancelled_gate_results(
         } else {
             return Ok(Vec::new());
         };
-        let result = serde_json::value::to_raw_value(&json!({ "error": message }))
-            .map_err(|e| EngineError::Internal(format!("cannot encode a result: {e}")))?;
         results.push(payloads::ToolCallCompleted {
             call_seq,
-            result,
+            result: to_raw(&json!({ "error": message }))?,
             is_error: true,
             duration_ms: 0,
             ui: Vec::new(),
