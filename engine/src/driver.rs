@@ -72,6 +72,14 @@ impl GateWait {
 
 pub(crate) type SharedGateWait = Arc<std::sync::Mutex<GateWait>>;
 
+/// Marks the driver as waiting at a gate, for a driver that can hear a cancellation there
+/// (`None`: one without control messages, which cannot).
+fn park(gate_wait: Option<&SharedGateWait>) {
+    if let Some(gate_wait) = gate_wait {
+        gate_wait.lock().unwrap_or_else(|p| p.into_inner()).parked = true;
+    }
+}
+
 /// How a run's driving ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunEnd {
@@ -987,8 +995,11 @@ impl Driver {
                         },
                     ],
                 )?;
-                // Registered (durable) before its event is emitted.
-                self.j.flush().await?;
+                // Registered (durable) before its event is emitted. Whoever sees the event
+                // may cancel at once: the driver counts as waiting at the gate from then
+                // on, since nothing from here to the wait depends on the consumer.
+                let gate_wait = self.control.is_some().then_some(&self.gate_wait);
+                self.j.flush_then(|| park(gate_wait)).await?;
                 tracing::info!(run_id = %self.run, approval_id = %approval_id, kind, target, "approval requested");
                 approval_id
             }
@@ -1013,7 +1024,8 @@ impl Driver {
                 status: RunStatus::Suspended,
                 at_ms,
             }]);
-            self.j.flush().await?;
+            let gate_wait = self.control.is_some().then_some(&self.gate_wait);
+            self.j.flush_then(|| park(gate_wait)).await?;
         }
         let decided = self.wait_for_decision(&approval_id, kind, target).await?;
         Ok(GateOutcome::Decided(decided))
@@ -1036,22 +1048,19 @@ impl Driver {
                         // Nobody can answer in this process: the run stays suspended.
                         return Err(EngineError::JournalEnd);
                     };
-                    self.gate_wait
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .parked = true;
+                    park(Some(&self.gate_wait));
                     let Some(message) = control.recv().await else {
                         self.leave_gate(false);
                         return Err(EngineError::JournalEnd);
                     };
-                    if !matches!(message, Control::Cancel) {
-                        // Whatever this leads to may wait on the consumer (delivering a
-                        // decision's events): nobody may wait for a cancellation meanwhile.
-                        self.leave_gate(false);
-                    }
                     message
                 }
             };
+            if !matches!(message, Control::Cancel) {
+                // Whatever this leads to may wait on the consumer (delivering a decision's
+                // events): nobody may wait for a cancellation meanwhile.
+                self.leave_gate(false);
+            }
             match message {
                 Control::Cancel => self.cancel_requested = true,
                 Control::Appended => {

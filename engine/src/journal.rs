@@ -52,6 +52,30 @@ impl EventSink {
         self.send_batch(vec![event]).await;
     }
 
+    /// Delivers `events` like [`EventSink::send_batch`], calling `before_visible` once
+    /// they have room in the channel, right before the consumer can see them: whatever it
+    /// does then, no wait on the consumer comes between it and the consumer seeing them.
+    pub(crate) async fn send_batch_then(
+        &mut self,
+        events: Vec<Event>,
+        before_visible: impl FnOnce(),
+    ) {
+        let tx = match &self.tx {
+            Some(tx) if !events.is_empty() => tx.clone(),
+            _ => return before_visible(),
+        };
+        match tx.reserve().await {
+            Ok(permit) => {
+                before_visible();
+                permit.send(events);
+            }
+            Err(_) => {
+                before_visible();
+                self.tx = None;
+            }
+        }
+    }
+
     pub(crate) async fn send_batch(&mut self, events: Vec<Event>) {
         if events.is_empty() {
             return;
@@ -328,6 +352,17 @@ impl RunJournal {
     pub(crate) async fn flush(&mut self) -> Result<(), EngineError> {
         let events = self.commit().await?;
         self.deliver(events).await;
+        Ok(())
+    }
+
+    /// [`RunJournal::flush`], calling `before_visible` right before the consumer can see
+    /// the committed events (see [`EventSink::send_batch_then`]).
+    pub(crate) async fn flush_then(
+        &mut self,
+        before_visible: impl FnOnce(),
+    ) -> Result<(), EngineError> {
+        let events = self.commit().await?;
+        self.sink.send_batch_then(events, before_visible).await;
         Ok(())
     }
 
