@@ -259,7 +259,7 @@ impl Runtime {
         let spec_json = recorded.to_string();
         let now_ms = options.clock.now_ms();
         let active = active_runs_of(&options.store);
-        Ok(Runtime {
+        let runtime = Runtime {
             shared: Arc::new(Shared {
                 store: options.store,
                 compiled,
@@ -278,7 +278,39 @@ impl Runtime {
                 sweep_interval_ms: AtomicI64::new(DEFAULT_SWEEP_INTERVAL_MS),
                 last_sweep_ms: AtomicI64::new(now_ms),
             }),
-        })
+        };
+        runtime.finish_requested_cancels()?;
+        Ok(runtime)
+    }
+
+    /// Cancels this tenant's runs whose cancellation was asked for while their driver was
+    /// taking a step, and whose driver then stopped before recording it (the process died,
+    /// or the runtime closed): `cancel` returned, so the run must end cancelled.
+    fn finish_requested_cancels(&self) -> Result<(), EngineError> {
+        if self.shared.store.is_read_only() {
+            return Ok(());
+        }
+        for status in [RunStatus::Interrupted, RunStatus::Suspended] {
+            for info in self.runs(None, Some(status), usize::MAX)? {
+                let run = info.meta.run_id;
+                if info.cancel_requested_at_ms.is_none() || self.is_active(run) {
+                    continue;
+                }
+                match self
+                    .shared
+                    .store
+                    .append_blocking(self.cancel_in_store(run, info.meta.status)?)
+                {
+                    Ok(_) => {
+                        tracing::info!(run_id = %run, "run cancelled as requested before its process stopped");
+                    }
+                    // Another runtime on this store got to it first.
+                    Err(StoreError::PreconditionFailed { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn tenant(&self) -> &str {
@@ -627,6 +659,21 @@ impl Runtime {
                 run: run_id.to_owned(),
             });
         }
+        if info.cancel_requested_at_ms.is_some() {
+            // Its cancellation was asked for (and acknowledged) before its driver stopped.
+            match self
+                .shared
+                .store
+                .append_blocking(self.cancel_in_store(run, info.meta.status)?)
+            {
+                Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Err(EngineError::RunFinished {
+                run: run_id.to_owned(),
+                status: RunStatus::Cancelled.as_str().to_owned(),
+            });
+        }
         if !allow_spec_change {
             self.check_spec(run_id, run)?;
         }
@@ -756,8 +803,10 @@ impl Runtime {
     }
 
     /// Cancels a run durably. A run driven here that waits at a gate is cancelled there,
-    /// durably by the time this returns; one taking a step stops at its next one. A
-    /// suspended or interrupted run is cancelled in the store, its approvals resolved.
+    /// durably by the time this returns. One taking a step stops at its next one; the
+    /// request is durable by the time this returns, and should the process stop first, the
+    /// next runtime of the tenant on the store cancels the run. A suspended or interrupted
+    /// run is cancelled in the store, its approvals resolved.
     pub async fn cancel(&self, run_id: &str) -> Result<(), EngineError> {
         let (run, info) = self.run_of_tenant(run_id)?;
         if let Some((control, gate_wait)) = self.driver_of(run) {
@@ -765,6 +814,22 @@ impl Runtime {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .ack_when_cancelled();
+            if acked.is_none() {
+                // Waiting for the step could deadlock (the caller may be what it waits
+                // for: the event loop, for an async handler or a consumer), so the request
+                // itself is made durable.
+                self.shared
+                    .store
+                    .append(AppendRequest {
+                        run: None,
+                        index_updates: vec![IndexUpdate::RequestCancel {
+                            run_id: run,
+                            at_ms: self.shared.clock.now_ms(),
+                        }],
+                        precondition: Precondition::None,
+                    })
+                    .await?;
+            }
             if control.send(Control::Cancel).is_ok() {
                 if let Some(acked) = acked {
                     // Nothing but this cancellation is left for that driver to do: no
@@ -783,13 +848,24 @@ impl Runtime {
             }
             _ => {}
         }
+        self.shared
+            .store
+            .append(self.cancel_in_store(run, info.meta.status)?)
+            .await?;
+        Ok(())
+    }
+
+    /// What cancels `run`, of `status`, when no driver runs it: its approvals resolved as
+    /// cancelled, the gated call's result (a suspended run), and RunCancelled, guarded
+    /// against a driver or another process moving the run on meanwhile.
+    fn cancel_in_store(&self, run: RunId, status: RunStatus) -> Result<AppendRequest, EngineError> {
         let mut records = Vec::new();
         let mut updates = Vec::new();
         for (decided, update) in cancelled_decisions(&self.shared.store, run, "host")? {
             records.push(self.record_of(&decided)?);
             updates.push(update);
         }
-        if info.meta.status == RunStatus::Suspended {
+        if status == RunStatus::Suspended {
             for completed in cancelled_gate_results(&self.shared.store, run)? {
                 records.push(self.record_of(&completed)?);
             }
@@ -802,26 +878,22 @@ impl Runtime {
             status: RunStatus::Cancelled,
             at_ms: self.shared.clock.now_ms(),
         });
-        self.shared
-            .store
-            .append(AppendRequest {
-                run: Some(RunAppend {
-                    run_id: run,
-                    expected_first_seq: None,
-                    records,
-                }),
-                index_updates: updates,
-                precondition: Precondition::RunStatusIn(
-                    run,
-                    vec![
-                        RunStatus::Suspended,
-                        RunStatus::Interrupted,
-                        RunStatus::Running,
-                    ],
-                ),
-            })
-            .await?;
-        Ok(())
+        Ok(AppendRequest {
+            run: Some(RunAppend {
+                run_id: run,
+                expected_first_seq: None,
+                records,
+            }),
+            index_updates: updates,
+            precondition: Precondition::RunStatusIn(
+                run,
+                vec![
+                    RunStatus::Suspended,
+                    RunStatus::Interrupted,
+                    RunStatus::Running,
+                ],
+            ),
+        })
     }
 
     /// Runs of this tenant, newest first.

@@ -870,3 +870,70 @@ async fn a_journal_cancelled_at_its_gate_without_results_still_verifies() {
     let replayed = event_values(&built.runtime.replay_events(&run_id).unwrap());
     assert!(cancelled_results(&replayed).is_empty(), "{replayed:?}");
 }
+
+/// A run cancelled while a side effect runs, whose driver then stops before recording the
+/// cancellation (here its runtime closes; a crash is the same, tested with SIGKILL from
+/// Python): `cancel` returned, so the run ends cancelled, and nothing runs again. A
+/// runtime built before that, asked to resume it, finishes the cancellation instead; one
+/// built after finds it done.
+#[tokio::test]
+async fn a_cancel_acknowledged_during_a_side_effect_survives_its_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gates.redb");
+    let store = Store::open(&path, Default::default()).unwrap();
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let host = dispatching();
+    let gate_host = GateHost::holding(Arc::clone(&host), hold);
+    let driving = build_gated(
+        plans_spec("acme", never(), never()),
+        gate_host.clone(),
+        store.clone(),
+        Options::default(),
+    );
+    let mut stream = driving.runtime.query(&prompt(), "t1", None).unwrap();
+    let run_id = stream.run_id().to_owned();
+    let reader = tokio::spawn(async move { collect(&mut stream).await });
+    gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+    let other = build_gated(
+        plans_spec("acme", never(), never()),
+        GateHost::new(Arc::clone(&host)),
+        store.clone(),
+        Options::default(),
+    );
+    driving.runtime.cancel(&run_id).await.unwrap();
+    // The dispatcher never returns: the driver stops inside the side effect.
+    driving.runtime.close().unwrap();
+    let _ = reader.await;
+    assert_eq!(
+        other.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Interrupted
+    );
+    let resumed = other.runtime.resume(&run_id, false).err().unwrap();
+    assert_eq!(resumed.to_string(), format!("run {run_id} is cancelled"));
+    assert_eq!(
+        other.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Cancelled
+    );
+    assert_eq!(
+        record_kinds(&other.runtime, &run_id).last(),
+        Some(&"RunCancelled")
+    );
+    assert_eq!(
+        host.dispatch_count(),
+        0,
+        "the held dispatch never ran, nor again"
+    );
+    other.runtime.verify(&run_id).await.unwrap();
+
+    let later = build_gated(
+        plans_spec("acme", never(), never()),
+        GateHost::new(Arc::clone(&host)),
+        store,
+        Options::default(),
+    );
+    assert_eq!(
+        later.runtime.run(&run_id).unwrap().meta.status,
+        RunStatus::Cancelled
+    );
+    assert!(later.runtime.pending().unwrap().is_empty());
+}

@@ -381,6 +381,7 @@ impl<'a> RunReader<'a> {
     }
 
     fn info(&self, run: RunId, row: RunRow) -> Result<RunInfo, StoreError> {
+        let cancel_requested_at_ms = row.cancel_requested_at_ms;
         let meta = row
             .into_meta(run)
             .map_err(|e| StoreError::corrupt(self.label, format!("runs row of run {run}"), e))?;
@@ -395,6 +396,7 @@ impl<'a> RunReader<'a> {
             meta,
             records,
             pending_approvals,
+            cancel_requested_at_ms,
         })
     }
 

@@ -9,11 +9,13 @@ use crate::types::{
 };
 
 /// Version of the layout described in FORMAT.md, stored under [`FORMAT_VERSION_KEY`].
-/// Version 2 added the run sentinel (an empty `journal` entry at seq 0).
-pub(crate) const FORMAT_VERSION: u64 = 2;
-/// The oldest version this build opens. A version 1 store differs only in having no run
-/// sentinels, which nothing requires: it is read as it is, and a writer marks it version 2
-/// (an older build must not meet a sentinel, which it would take for a record).
+/// Version 2 added the run sentinel (an empty `journal` entry at seq 0); version 3 the
+/// cancellation request in a run's row and the index update that writes it.
+pub(crate) const FORMAT_VERSION: u64 = 3;
+/// The oldest version this build opens. Versions 1 and 2 lack only what nothing requires
+/// (run sentinels; cancellation requests): they are read as they are, and a writer marks
+/// them version 3, so that an older build never meets what it cannot read (a sentinel it
+/// would take for a record, a request it would drop).
 pub(crate) const OLDEST_FORMAT_VERSION: u64 = 1;
 pub(crate) const FORMAT_VERSION_KEY: &str = "format_version";
 
@@ -50,6 +52,8 @@ pub(crate) struct RunRow {
     pub updated_at_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<(String, u64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested_at_ms: Option<i64>,
 }
 
 impl RunRow {
@@ -62,6 +66,7 @@ impl RunRow {
             created_at_ms: meta.created_at_ms,
             updated_at_ms: meta.updated_at_ms,
             parent: meta.parent.map(|(run, seq)| (run.to_string(), seq)),
+            cancel_requested_at_ms: None,
         }
     }
 

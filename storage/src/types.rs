@@ -54,6 +54,14 @@ impl RunStatus {
         }
     }
 
+    /// Completed, failed or cancelled: nothing more happens to the run.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+
     /// Stable byte used in the status index; never reused.
     pub(crate) fn tag(self) -> u8 {
         match self {
@@ -169,6 +177,9 @@ pub struct RunInfo {
     pub records: u64,
     /// Ids of the run's approvals whose status is `Pending`, in id order.
     pub pending_approvals: Vec<String>,
+    /// When a cancellation of the run was asked for while its driver was taking a step
+    /// ([`IndexUpdate::RequestCancel`]); `None` if never.
+    pub cancel_requested_at_ms: Option<i64>,
 }
 
 /// Which runs [`crate::Store::list_runs`] returns. `limit == 0` means no limit.
@@ -299,6 +310,14 @@ pub enum IndexUpdate {
     },
     /// Insert or overwrite (same id = same content; glimpse, creation and expiry are replaced).
     PutReference(ReferenceEntry),
+    /// Records in the run's row that its cancellation was asked for, before the run's
+    /// driver has recorded it (a driver records it at its next step): if the process dies
+    /// first, the next runtime on the store finishes the cancellation. The run must exist;
+    /// on a finished run it changes nothing. Since format version 3.
+    RequestCancel {
+        run_id: RunId,
+        at_ms: i64,
+    },
 }
 
 #[cfg(test)]

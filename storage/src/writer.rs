@@ -1616,18 +1616,17 @@ impl<'t> Writes<'t> {
                     }
                 }
                 IndexUpdate::SetRunStatus { run_id, status, .. } => {
-                    if !created_runs.contains(run_id) {
-                        match self.run_row(*run_id)? {
-                            Ok(Some(_)) => {}
-                            Ok(None) => {
-                                return Ok(Err(StoreError::PreconditionFailed {
-                                    what: format!(
-                                        "cannot set run {run_id} to {status}: the run does not exist"
-                                    ),
-                                }));
-                            }
-                            Err(e) => return Ok(Err(e)),
-                        }
+                    if let Err(e) = self.check_run_exists(&created_runs, *run_id, || {
+                        format!("cannot set run {run_id} to {status}")
+                    })? {
+                        return Ok(Err(e));
+                    }
+                }
+                IndexUpdate::RequestCancel { run_id, .. } => {
+                    if let Err(e) = self.check_run_exists(&created_runs, *run_id, || {
+                        format!("cannot record a cancellation request for run {run_id}")
+                    })? {
+                        return Ok(Err(e));
                     }
                 }
                 IndexUpdate::PutApproval(row) => {
@@ -1655,6 +1654,26 @@ impl<'t> Writes<'t> {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// `Ok(Err(PreconditionFailed))`, saying `what` could not be done, unless the run has a
+    /// row or was created earlier in the request.
+    fn check_run_exists(
+        &mut self,
+        created_runs: &HashSet<RunId>,
+        run_id: RunId,
+        what: impl FnOnce() -> String,
+    ) -> Outcome<()> {
+        if created_runs.contains(&run_id) {
+            return Ok(Ok(()));
+        }
+        Ok(match self.run_row(run_id)? {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(StoreError::PreconditionFailed {
+                what: format!("{}: the run does not exist", what()),
+            }),
+            Err(e) => Err(e),
+        })
     }
 
     pub(crate) fn apply_update(&mut self, update: IndexUpdate) -> Result<(), StoreError> {
@@ -1695,6 +1714,21 @@ impl<'t> Writes<'t> {
                     .map_err(db)?;
                 by_status
                     .insert(&status_key(status.tag(), run_id), ())
+                    .map_err(db)?;
+            }
+            IndexUpdate::RequestCancel { run_id, at_ms } => {
+                let mut row = match self.run_row(run_id)? {
+                    Ok(Some(row)) => row,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                if row.status.is_finished() || row.cancel_requested_at_ms.is_some() {
+                    return Ok(());
+                }
+                row.cancel_requested_at_ms = Some(at_ms);
+                let bytes = tables::to_json(&row);
+                self.runs()?
+                    .insert(&run_key(run_id), bytes.as_slice())
                     .map_err(db)?;
             }
             IndexUpdate::PutApproval(row) => {

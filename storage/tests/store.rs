@@ -1017,11 +1017,12 @@ fn a_run_starts_with_its_sentinel() {
     assert!(journal.get(&keys[0]).unwrap().unwrap().value().is_empty());
 }
 
-/// A store of format version 1 (no sentinels) opens: read-only as it is, and a writer
-/// marks it version 2, which older builds refuse. Its runs read and continue as before.
-/// The fixture is a store an older build wrote, kept as it was (never re-blessed).
+/// A store of format version 1 (no sentinels, no cancellation requests) opens: read-only
+/// as it is, and a writer marks it the current version, which older builds refuse. Its
+/// runs read and continue as before. The fixture is a store an older build wrote, kept as
+/// it was (never re-blessed).
 #[test]
-fn a_version_1_store_opens_and_a_writer_marks_it_version_2() {
+fn a_version_1_store_opens_and_a_writer_marks_it_the_current_version() {
     let dir = tmp();
     let path = dir.path().join("v1.redb");
     std::fs::copy(
@@ -1034,6 +1035,10 @@ fn a_version_1_store_opens_and_a_writer_marks_it_version_2() {
     let read_only = Store::open_read_only(&path).unwrap();
     let runs = read_only.list_runs(&RunFilter::default()).unwrap();
     assert_eq!(runs.len(), 1);
+    assert_eq!(
+        runs[0].cancel_requested_at_ms, None,
+        "a row without the field"
+    );
     let run = runs[0].meta.run_id;
     let last = read_only.last_seq(run).unwrap();
     assert_eq!(read_only.records(run, 1).unwrap().len() as u64, last);
@@ -1046,7 +1051,7 @@ fn a_version_1_store_opens_and_a_writer_marks_it_version_2() {
     let fresh = RunId::generate();
     start_run(&store, fresh, "t", "th", RunStatus::Running);
     store.close().unwrap();
-    assert_eq!(format_version_of(&path), 2);
+    assert_eq!(format_version_of(&path), 3);
 
     let store = Store::open_read_only(&path).unwrap();
     assert_eq!(store.records(run, 1).unwrap().len() as u64, last + 1);
@@ -1062,21 +1067,84 @@ fn a_store_of_a_newer_format_is_refused() {
         .unwrap()
         .close()
         .unwrap();
-    set_format_version(&path, 3);
+    set_format_version(&path, 4);
     for opened in [
         Store::open(&path, StoreOptions::default()).map(drop),
         Store::open_read_only(&path).map(drop),
     ] {
         match opened {
             Err(StoreError::UnsupportedFormat {
-                found: 3,
-                supported: 2,
+                found: 4,
+                supported: 3,
                 ..
             }) => {}
             other => panic!("expected UnsupportedFormat, got {other:?}"),
         }
     }
-    assert_eq!(format_version_of(&path), 3);
+    assert_eq!(format_version_of(&path), 4);
+}
+
+/// A cancellation request is kept in the run's row across status changes and a reopen,
+/// until the run finishes, and is refused for a run that does not exist.
+#[test]
+fn a_cancellation_request_is_durable_in_the_runs_row() {
+    let dir = tmp();
+    let path = dir.path().join("cancel.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let (asked, finished, never) = (RunId::generate(), RunId::generate(), RunId::generate());
+    start_run(&store, asked, "t", "th", RunStatus::Running);
+    start_run(&store, finished, "t", "th", RunStatus::Completed);
+    start_run(&store, never, "t", "th", RunStatus::Running);
+    for run in [asked, finished] {
+        store
+            .append_blocking(index_only(IndexUpdate::RequestCancel {
+                run_id: run,
+                at_ms: 42,
+            }))
+            .unwrap();
+    }
+    // A second request keeps the first one's time.
+    store
+        .append_blocking(index_only(IndexUpdate::RequestCancel {
+            run_id: asked,
+            at_ms: 43,
+        }))
+        .unwrap();
+    store
+        .append_blocking(index_only(IndexUpdate::SetRunStatus {
+            run_id: asked,
+            status: RunStatus::Interrupted,
+            at_ms: 50,
+        }))
+        .unwrap();
+    let missing = RunId::generate();
+    match store.append_blocking(index_only(IndexUpdate::RequestCancel {
+        run_id: missing,
+        at_ms: 42,
+    })) {
+        Err(StoreError::PreconditionFailed { what }) => assert_eq!(
+            what,
+            format!(
+                "cannot record a cancellation request for run {missing}: the run does not exist"
+            )
+        ),
+        other => panic!("expected PreconditionFailed, got {other:?}"),
+    }
+    store.close().unwrap();
+
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let requested = |run| store.run(run).unwrap().unwrap().cancel_requested_at_ms;
+    assert_eq!(requested(asked), Some(42));
+    assert_eq!(
+        store.run(asked).unwrap().unwrap().meta.status,
+        RunStatus::Interrupted
+    );
+    assert_eq!(
+        requested(finished),
+        None,
+        "a finished run is not asked to cancel"
+    );
+    assert_eq!(requested(never), None);
 }
 
 /// A store deleted while its log stayed behind (say, after a crash): a new store created at

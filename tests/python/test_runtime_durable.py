@@ -43,10 +43,15 @@ FLOW = textwrap.dedent(
     )
 
     CALLS = []
+    RUNTIME = []  # the child's runtime, for a handler that cancels its own run
 
     @define_tool("lookup", {"sku": str})
     def lookup(args, ctx):
         CALLS.append(("lookup", args, ctx.idempotency_key, ctx.attempt))
+        if os.environ.get("FLOW_CANCEL_IN_LOOKUP"):
+            RUNTIME[0].cancel(ctx.run_id)
+            print("cancelled-in-handler", ctx.run_id, flush=True)
+            threading.Event().wait()
         if os.environ.get("FLOW_HANG_IN_LOOKUP"):
             print("in-handler", ctx.run_id, ctx.idempotency_key, ctx.attempt, flush=True)
             threading.Event().wait()
@@ -88,7 +93,8 @@ FLOW = textwrap.dedent(
     if __name__ == "__main__":
         mode, store = sys.argv[1], sys.argv[2]
         if mode == "gate":
-            asyncio.run(run_until_gate(runtime(store)))
+            RUNTIME.append(runtime(store))
+            asyncio.run(run_until_gate(RUNTIME[0]))
         elif mode == "answer":
             rt = runtime(store)
             asyncio.run(answer(rt, sys.argv[3]))
@@ -397,6 +403,39 @@ def test_a_run_cancelled_after_sigkill_in_a_handler_verifies(flow: ModuleType, t
 
     # Re-driven, the journal ends at the cancellation: nothing recorded differs, and
     # verifying invokes no handler.
+    flow.CALLS.clear()
+    events = asyncio.run(replayed())
+    assert [e["state"] for e in events if e.get("toolName") == "lookup"] == ["call"]
+    assert flow.CALLS == []
+    runtime.close()
+
+
+def test_a_run_cancelled_during_a_step_stays_cancelled_after_sigkill(flow: ModuleType, tmp_path: Path) -> None:
+    # `cancel` returns while the run's handler still runs (the driver records the
+    # cancellation after it); the process dies first. The request was durable: the next
+    # runtime on the store ends the run cancelled, and nothing runs again.
+    path = str(tmp_path / "killed.redb")
+    with subprocess.Popen(
+        [sys.executable, str(flow.__file__), "gate", path],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "FLOW_CANCEL_IN_LOOKUP": "1"},
+    ) as proc:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        assert line[0] == "cancelled-in-handler", line
+        run_id = line[1]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    runtime = flow.runtime(path)
+    assert runtime.run(run_id)["status"] == "cancelled"
+    assert runtime.pending() == []
+    with pytest.raises(ValueError, match=f"run {run_id} is cancelled"):
+        runtime.resume(run_id)
+
+    async def replayed() -> list[dict[str, Any]]:
+        return [e async for e in runtime.replay(run_id, verify=True)]
+
     flow.CALLS.clear()
     events = asyncio.run(replayed())
     assert [e["state"] for e in events if e.get("toolName") == "lookup"] == ["call"]
