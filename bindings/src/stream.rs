@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use flowai_runtime::{RunStream, Runtime};
+use flowai_runtime::{EngineError, RunStream, Runtime};
 use pyo3::exceptions::{PyStopAsyncIteration, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -239,17 +239,23 @@ impl PyRuntimeEventStream {
         self.wait_next(&python::running_loop(py)?)
     }
 
-    /// Cancels the run durably; works before or after it started.
+    /// Cancels the run durably; works before or after it started. Cancelling a run that
+    /// has ended changes nothing.
     fn cancel(&self, py: Python<'_>) -> PyResult<()> {
-        if let Ok(mut stream) = self.inner.try_lock() {
+        if let Ok(mut stream) = self.inner.try_lock()
+            && !stream.started()
+        {
+            // It starts cancelled, if it is ever started.
             stream.cancel();
             return Ok(());
         }
-        // A `__anext__` is waiting on the stream: the run is under way, cancel it by id.
+        // Under way: cancel it by id, as `runtime.cancel` does (durably).
         let runtime = self.runtime.clone();
         let run_id = self.run_id.clone();
-        convert::block_on(py, async move { runtime.cancel(&run_id).await })?
-            .map_err(errors::engine_error)
+        match convert::block_on(py, async move { runtime.cancel(&run_id).await })? {
+            Ok(()) | Err(EngineError::RunFinished { .. }) => Ok(()),
+            Err(e) => Err(errors::engine_error(e)),
+        }
     }
 
     fn __repr__(&self) -> String {

@@ -696,6 +696,17 @@ impl Runtime {
             .map(|a| (a.control.clone(), Arc::clone(&a.gate_wait)))
     }
 
+    /// The control channel of the driver of `run`, when this runtime started it.
+    fn own_driver_of(&self, run: RunId) -> Option<mpsc::UnboundedSender<Control>> {
+        self.shared
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&run)
+            .filter(|a| a.owner == self.shared.runtime_id)
+            .map(|a| a.control.clone())
+    }
+
     fn is_active(&self, run: RunId) -> bool {
         self.shared
             .active
@@ -808,7 +819,21 @@ impl Runtime {
     /// next runtime of the tenant on the store cancels the run. A suspended or interrupted
     /// run is cancelled in the store, its approvals resolved.
     pub async fn cancel(&self, run_id: &str) -> Result<(), EngineError> {
-        let (run, info) = self.run_of_tenant(run_id)?;
+        let (run, info) = match self.run_of_tenant(run_id) {
+            Ok(found) => found,
+            Err(EngineError::RunNotFound(e)) => {
+                // A run this runtime started whose first commit is still to come: its
+                // driver records the cancellation there.
+                let Some(control) =
+                    flowai_storage::parse_run_id(run_id).and_then(|run| self.own_driver_of(run))
+                else {
+                    return Err(EngineError::RunNotFound(e));
+                };
+                let _ = control.send(Control::Cancel);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         if let Some((control, gate_wait)) = self.driver_of(run) {
             let acked = gate_wait
                 .lock()

@@ -52,8 +52,10 @@ FLOW = textwrap.dedent(
             RUNTIME[0].cancel(ctx.run_id)
             print("cancelled-in-handler", ctx.run_id, flush=True)
             threading.Event().wait()
-        if os.environ.get("FLOW_HANG_IN_LOOKUP"):
-            print("in-handler", ctx.run_id, ctx.idempotency_key, ctx.attempt, flush=True)
+        hang = os.environ.get("FLOW_HANG_IN_LOOKUP")
+        if hang:
+            if hang != "quietly":
+                print("in-handler", ctx.run_id, ctx.idempotency_key, ctx.attempt, flush=True)
             threading.Event().wait()
         return {"sku": args["sku"], "price": 12.5}
 
@@ -87,6 +89,15 @@ FLOW = textwrap.dedent(
                 print(json.dumps({"run": stream.run_id, "approval": event["data"]["id"]}), flush=True)
                 os._exit(0)  # a crash: nothing is closed
 
+    async def cancel_at_call(rt):
+        # The consumer cancels between two events while the handler runs (and hangs).
+        stream = rt.query(SCRIPT, "thread-1")
+        async for event in stream:
+            if event.get("toolName") == "lookup" and event.get("state") == "call":
+                stream.cancel()
+                print("cancelled-in-handler", stream.run_id, flush=True)
+                threading.Event().wait()
+
     async def answer(rt, approval_id):
         await rt.respond_to_approval(approval_id, "approve")
 
@@ -95,6 +106,8 @@ FLOW = textwrap.dedent(
         if mode == "gate":
             RUNTIME.append(runtime(store))
             asyncio.run(run_until_gate(RUNTIME[0]))
+        elif mode == "cancel-at-call":
+            asyncio.run(cancel_at_call(runtime(store)))
         elif mode == "answer":
             rt = runtime(store)
             asyncio.run(answer(rt, sys.argv[3]))
@@ -410,23 +423,32 @@ def test_a_run_cancelled_after_sigkill_in_a_handler_verifies(flow: ModuleType, t
     runtime.close()
 
 
-def test_a_run_cancelled_during_a_step_stays_cancelled_after_sigkill(flow: ModuleType, tmp_path: Path) -> None:
-    # `cancel` returns while the run's handler still runs (the driver records the
-    # cancellation after it); the process dies first. The request was durable: the next
-    # runtime on the store ends the run cancelled, and nothing runs again.
+@pytest.mark.parametrize("canceller", ["runtime", "stream"])
+def test_a_run_cancelled_during_a_step_stays_cancelled_after_sigkill(
+    flow: ModuleType, tmp_path: Path, canceller: str
+) -> None:
+    # `runtime.cancel` or `stream.cancel` returns while the run's handler still runs (the
+    # driver records the cancellation after it); the process dies first. The request was
+    # durable: the next runtime on the store ends the run cancelled, nothing runs again.
     path = str(tmp_path / "killed.redb")
+    mode, env = {
+        "runtime": ("gate", {"FLOW_CANCEL_IN_LOOKUP": "1"}),
+        "stream": ("cancel-at-call", {"FLOW_HANG_IN_LOOKUP": "quietly"}),
+    }[canceller]
     with subprocess.Popen(
-        [sys.executable, str(flow.__file__), "gate", path],
+        [sys.executable, str(flow.__file__), mode, path],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "FLOW_CANCEL_IN_LOOKUP": "1"},
+        env={**os.environ, **env},
     ) as proc:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().split()
-        assert line[0] == "cancelled-in-handler", line
-        run_id = line[1]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().split()
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert line[0] == "cancelled-in-handler", line
+    run_id = line[1]
     runtime = flow.runtime(path)
     assert runtime.run(run_id)["status"] == "cancelled"
     assert runtime.pending() == []
