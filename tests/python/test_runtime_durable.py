@@ -410,17 +410,21 @@ def test_a_run_cancelled_after_sigkill_in_a_handler_verifies(flow: ModuleType, t
     runtime = flow.runtime(path)
     runtime.cancel(run_id)
     assert runtime.run(run_id)["status"] == "cancelled"
+    assert_cancelled_in_lookup_verifies(flow, runtime, run_id)
+    runtime.close()
+
+
+def assert_cancelled_in_lookup_verifies(flow: ModuleType, runtime: Any, run_id: str) -> None:
+    """Re-driven, the journal of a run cancelled while `lookup` ran ends at the
+    cancellation: nothing recorded differs, and verifying invokes no handler."""
 
     async def replayed() -> list[dict[str, Any]]:
         return [e async for e in runtime.replay(run_id, verify=True)]
 
-    # Re-driven, the journal ends at the cancellation: nothing recorded differs, and
-    # verifying invokes no handler.
     flow.CALLS.clear()
     events = asyncio.run(replayed())
     assert [e["state"] for e in events if e.get("toolName") == "lookup"] == ["call"]
     assert flow.CALLS == []
-    runtime.close()
 
 
 @pytest.mark.parametrize("canceller", ["runtime", "stream"])
@@ -454,14 +458,7 @@ def test_a_run_cancelled_during_a_step_stays_cancelled_after_sigkill(
     assert runtime.pending() == []
     with pytest.raises(ValueError, match=f"run {run_id} is cancelled"):
         runtime.resume(run_id)
-
-    async def replayed() -> list[dict[str, Any]]:
-        return [e async for e in runtime.replay(run_id, verify=True)]
-
-    flow.CALLS.clear()
-    events = asyncio.run(replayed())
-    assert [e["state"] for e in events if e.get("toolName") == "lookup"] == ["call"]
-    assert flow.CALLS == []
+    assert_cancelled_in_lookup_verifies(flow, runtime, run_id)
     runtime.close()
 
 
