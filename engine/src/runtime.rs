@@ -293,24 +293,30 @@ impl Runtime {
         for status in [RunStatus::Interrupted, RunStatus::Suspended] {
             for info in self.runs(None, Some(status), usize::MAX)? {
                 let run = info.meta.run_id;
-                if info.cancel_requested_at_ms.is_none() || self.is_active(run) {
-                    continue;
-                }
-                match self
-                    .shared
-                    .store
-                    .append_blocking(self.cancel_in_store(run, info.meta.status)?)
-                {
-                    Ok(_) => {
-                        tracing::info!(run_id = %run, "run cancelled as requested before its process stopped");
-                    }
-                    // Another runtime on this store got to it first.
-                    Err(StoreError::PreconditionFailed { .. }) => {}
-                    Err(e) => return Err(e.into()),
+                if info.cancel_requested_at_ms.is_some() && !self.is_active(run) {
+                    self.finish_requested_cancel(run, info.meta.status)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Records the cancellation of `run`, of `status`, whose cancellation was asked for
+    /// (and acknowledged) before its driver stopped.
+    fn finish_requested_cancel(&self, run: RunId, status: RunStatus) -> Result<(), EngineError> {
+        match self
+            .shared
+            .store
+            .append_blocking(self.cancel_in_store(run, status)?)
+        {
+            Ok(_) => {
+                tracing::info!(run_id = %run, "run cancelled as requested before its driver stopped");
+                Ok(())
+            }
+            // Another runtime on this store got to it first.
+            Err(StoreError::PreconditionFailed { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn tenant(&self) -> &str {
@@ -660,15 +666,7 @@ impl Runtime {
             });
         }
         if info.cancel_requested_at_ms.is_some() {
-            // Its cancellation was asked for (and acknowledged) before its driver stopped.
-            match self
-                .shared
-                .store
-                .append_blocking(self.cancel_in_store(run, info.meta.status)?)
-            {
-                Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.finish_requested_cancel(run, info.meta.status)?;
             return Err(EngineError::RunFinished {
                 run: run_id.to_owned(),
                 status: RunStatus::Cancelled.as_str().to_owned(),
