@@ -233,6 +233,8 @@ impl Runtime {
     /// Like [`Runtime::new`] but without provider clients, so no API key is needed: for
     /// tools that only verify or inspect recorded runs (verify never calls a provider).
     /// A run that reaches a live model call on such a runtime fails with "no model client".
+    /// Unlike `new`, it leaves a cancellation requested before a crash for the next
+    /// runtime to finish: it writes nothing when it starts.
     pub fn new_offline(options: RuntimeOptions) -> Result<Runtime, EngineError> {
         Self::build(options, true)
     }
@@ -279,7 +281,10 @@ impl Runtime {
                 last_sweep_ms: AtomicI64::new(now_ms),
             }),
         };
-        runtime.finish_requested_cancels()?;
+        if !offline {
+            // Verify and inspect tools leave the store as they found it.
+            runtime.finish_requested_cancels()?;
+        }
         Ok(runtime)
     }
 
