@@ -272,8 +272,8 @@ pub fn summarize(store: &Store, run: RunId) -> Result<RunSummary, ReplayError> {
 
 impl RunSummary {
     /// The summary as one JSON object (`flowai show --json`): the §9.2 run dict plus
-    /// `tenant`, `entry`, `specHash`, `interpreter`, `parent`, `approvals`, `plans`,
-    /// `toolCalls` and `error`.
+    /// `tenant`, `entry`, `specHash`, `interpreter`, `parent`, `cancelRequestedAt`,
+    /// `approvals`, `plans`, `toolCalls` and `error`.
     pub fn to_json(&self) -> Value {
         let mut out = run_dict(&self.info);
         if let Some(map) = out.as_object_mut() {
@@ -281,6 +281,10 @@ impl RunSummary {
             map.insert("entry".into(), json!(self.entry));
             map.insert("specHash".into(), json!(self.spec_hash));
             map.insert("interpreter".into(), json!(self.interpreter));
+            map.insert(
+                "cancelRequestedAt".into(),
+                json!(self.cancel_requested_at_ms().map(rfc3339_ms)),
+            );
             map.insert(
                 "parent".into(),
                 match &self.parent {
@@ -317,12 +321,27 @@ impl RunSummary {
         out
     }
 
+    /// When a cancellation of the run was asked for that its journal does not hold yet
+    /// (its driver stopped first): the next live runtime on the store records it.
+    fn cancel_requested_at_ms(&self) -> Option<i64> {
+        self.info
+            .cancel_requested_at_ms
+            .filter(|_| !self.info.meta.status.is_finished())
+    }
+
     /// The summary for a terminal.
     pub fn to_text(&self) -> String {
         let meta = &self.info.meta;
         let mut out = String::new();
         let _ = writeln!(out, "run          {}", meta.run_id);
         let _ = writeln!(out, "status       {}", meta.status.as_str());
+        if let Some(at_ms) = self.cancel_requested_at_ms() {
+            let _ = writeln!(
+                out,
+                "cancel asked {} (the next runtime on the store records it)",
+                rfc3339_ms(at_ms)
+            );
+        }
         let _ = writeln!(out, "tenant       {}", meta.tenant);
         let _ = writeln!(out, "agent        {} ({})", meta.agent, self.entry);
         let _ = writeln!(out, "thread       {}", meta.thread);

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use flowai_storage::{Store, StoreOptions};
+use flowai_storage::{AppendRequest, IndexUpdate, Store, StoreOptions};
 use serde_json::{Value, json};
 
 use crate::goldens::{search_host, specialist_setup};
@@ -437,4 +437,42 @@ async fn verify_of_two_runs_racing_for_one_plan() {
     let (code, out, err) = flowai(&["verify", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("verified 3 runs: 3 ok"), "{out}");
+}
+
+/// `show` tells a run whose cancellation was asked for but not yet recorded (its driver
+/// stopped first), which read-only commands leave as they find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_names_a_cancellation_asked_for_but_not_yet_recorded() {
+    let f = fixture().await;
+    let p = f.path.as_str();
+    let store = Store::open(Path::new(p), StoreOptions::default()).unwrap();
+    for run in [&f.suspended, &f.completed] {
+        store
+            .append_blocking(AppendRequest {
+                index_updates: vec![IndexUpdate::RequestCancel {
+                    run_id: run.parse().unwrap(),
+                    at_ms: 1_700_000_000_000,
+                }],
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    store.close().unwrap();
+
+    let (code, out, _) = flowai(&["show", p, &f.suspended]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("status       suspended\ncancel asked 2023-11-14T22:13:20.000Z"),
+        "{out}"
+    );
+    let (_, out, _) = flowai(&["show", p, &f.suspended, "--json"]);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["cancelRequestedAt"], "2023-11-14T22:13:20.000Z");
+    let (_, out, _) = flowai(&["show", p, &f.completed, "--json"]);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        shown["cancelRequestedAt"],
+        Value::Null,
+        "a finished run takes none"
+    );
 }
