@@ -995,11 +995,8 @@ impl Driver {
                         },
                     ],
                 )?;
-                // Registered (durable) before its event is emitted. Whoever sees the event
-                // may cancel at once: the driver counts as waiting at the gate from then
-                // on, since nothing from here to the wait depends on the consumer.
-                let gate_wait = self.control.is_some().then_some(&self.gate_wait);
-                self.j.flush_then(|| park(gate_wait)).await?;
+                // Registered (durable) before its event is emitted.
+                self.flush_parked().await?;
                 tracing::info!(run_id = %self.run, approval_id = %approval_id, kind, target, "approval requested");
                 approval_id
             }
@@ -1024,8 +1021,7 @@ impl Driver {
                 status: RunStatus::Suspended,
                 at_ms,
             }]);
-            let gate_wait = self.control.is_some().then_some(&self.gate_wait);
-            self.j.flush_then(|| park(gate_wait)).await?;
+            self.flush_parked().await?;
         }
         let decided = self.wait_for_decision(&approval_id, kind, target).await?;
         Ok(GateOutcome::Decided(decided))
@@ -1127,6 +1123,14 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Flushes on the way to a gate's wait. Whoever sees the events may cancel at once,
+    /// so the driver counts as waiting at the gate from right before they are visible:
+    /// nothing from there to the wait depends on the consumer.
+    async fn flush_parked(&mut self) -> Result<(), EngineError> {
+        let gate_wait = self.control.is_some().then_some(&self.gate_wait);
+        self.j.flush_then(|| park(gate_wait)).await
     }
 
     /// The driver no longer waits at a gate. `cancelled`: the run's cancellation is

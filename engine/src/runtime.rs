@@ -683,39 +683,37 @@ impl Runtime {
         Ok(self.stream_for(run, DriveMode::Resume, None))
     }
 
+    /// What `read` takes from the entry of `run` among the runs this process drives.
+    fn active_run<T>(&self, run: RunId, read: impl FnOnce(&ActiveRun) -> T) -> Option<T> {
+        self.shared
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&run)
+            .map(read)
+    }
+
     /// The control channel of the driver of `run`, when this process drives it.
     fn control_of(&self, run: RunId) -> Option<mpsc::UnboundedSender<Control>> {
-        self.driver_of(run).map(|(control, _)| control)
+        self.active_run(run, |a| a.control.clone())
     }
 
     /// The control channel and gate state of the driver of `run`, when this process
     /// drives it.
     fn driver_of(&self, run: RunId) -> Option<(mpsc::UnboundedSender<Control>, SharedGateWait)> {
-        self.shared
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&run)
-            .map(|a| (a.control.clone(), Arc::clone(&a.gate_wait)))
+        self.active_run(run, |a| (a.control.clone(), Arc::clone(&a.gate_wait)))
     }
 
     /// The control channel of the driver of `run`, when this runtime started it.
     fn own_driver_of(&self, run: RunId) -> Option<mpsc::UnboundedSender<Control>> {
-        self.shared
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&run)
-            .filter(|a| a.owner == self.shared.runtime_id)
-            .map(|a| a.control.clone())
+        self.active_run(run, |a| {
+            (a.owner == self.shared.runtime_id).then(|| a.control.clone())
+        })
+        .flatten()
     }
 
     fn is_active(&self, run: RunId) -> bool {
-        self.shared
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&run)
+        self.active_run(run, |_| ()).is_some()
     }
 
     /// Answers a pending approval of this tenant (API.md §2.4, §9.3).
@@ -867,14 +865,11 @@ impl Runtime {
                 return Ok(());
             }
         }
-        match info.meta.status {
-            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled => {
-                return Err(EngineError::RunFinished {
-                    run: run_id.to_owned(),
-                    status: info.meta.status.as_str().to_owned(),
-                });
-            }
-            _ => {}
+        if info.meta.status.is_finished() {
+            return Err(EngineError::RunFinished {
+                run: run_id.to_owned(),
+                status: info.meta.status.as_str().to_owned(),
+            });
         }
         self.shared
             .store
