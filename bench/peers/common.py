@@ -66,13 +66,17 @@ def count_executions(path: str) -> dict[int, int]:
 
 
 def step_profile(times: list[float], steps: int) -> dict[str, float]:
-    """ms per step over the first and the last 100 steps of a run (from the tool's clock)."""
+    """ms per step over the first and the last 100 steps of a run, and the median step (from
+    the tool's clock: one execution to the next). The median is the typical step, which a
+    stall of the machine, or of the system's own housekeeping, moves less than a mean."""
     run = times[-steps:]
     if len(run) < 200:
         return {}
+    gaps = sorted(later - earlier for earlier, later in zip(run, run[1:]))
     return {
         "first100_ms_per_step": (run[100] - run[0]) / 100 * 1e3,
         "last100_ms_per_step": (run[-1] - run[-101]) / 100 * 1e3,
+        "median_step_ms": gaps[len(gaps) // 2] * 1e3,
     }
 
 

@@ -17,7 +17,7 @@ pub enum StoreError {
     Closed { path: String },
 
     /// A read-only open of a file that does not exist.
-    #[error("store {path} does not exist; a writer creates it with Store::open")]
+    #[error("store {path} does not exist (a runtime given this path creates it)")]
     NotFound { path: String },
 
     /// A write through a handle opened with [`crate::Store::open_read_only`].
