@@ -265,30 +265,23 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], bench_pyth
 
     row("durable, 100 steps: ms per step", "run", "ms_per_step", 1, 3, steps=100, store="file")
     row(f"durable, {steps_long} steps: ms per step", "run", "ms_per_step", 1, 3, steps=steps_long, store="file")
-    for steps in (100, steps_long):
-        cells = [pick_floor_ratio(results, system, steps) for system in SYSTEMS]
-        floors = pick(results, "flowai", "run", "floor_us", steps=steps, store="file")
+    def floor_row(label: str, steps: int, key: str = "ms_per_step") -> None:
+        cells = [pick_floor_ratio(results, system, steps, key) for system in SYSTEMS]
         lines.append(
-            f"| durable, {steps} steps: ms per step ÷ raw floor measured next to the run | "
+            f"| {label} ÷ raw floor measured next to the run | "
             + " | ".join(summary(c, 1, 2) for c in cells)
             + f" | {ratio(cells[1], cells[0])} | {ratio(cells[2], cells[0])} |"
         )
+
+    for steps in (100, steps_long):
+        floor_row(f"durable, {steps} steps: ms per step", steps)
     row(f"durable, {steps_long} steps: ms per step over steps 0–99", "run", "first100_ms_per_step", 1, 3, steps=steps_long, store="file")
-    row(f"durable, {steps_long} steps: ms per step over steps {steps_long - 100}–{steps_long - 1}", "run", "last100_ms_per_step", 1, 3, steps=steps_long, store="file")
+    last100 = f"durable, {steps_long} steps: ms per step over steps {steps_long - 100}–{steps_long - 1}"
+    row(last100, "run", "last100_ms_per_step", 1, 3, steps=steps_long, store="file")
     # One step without a run's start and end: the tool's clock between its executions.
-    cells = [pick_floor_ratio(results, system, steps_long, "last100_ms_per_step") for system in SYSTEMS]
-    lines.append(
-        f"| durable, {steps_long} steps: ms per step over steps {steps_long - 100}–{steps_long - 1} ÷ raw floor measured next to the run | "
-        + " | ".join(summary(c, 1, 2) for c in cells)
-        + f" | {ratio(cells[1], cells[0])} | {ratio(cells[2], cells[0])} |"
-    )
+    floor_row(last100, steps_long, "last100_ms_per_step")
     row(f"durable, {steps_long} steps: median step (one tool execution to the next), ms", "run", "median_step_ms", 1, 3, steps=steps_long, store="file")
-    cells = [pick_floor_ratio(results, system, steps_long, "median_step_ms") for system in SYSTEMS]
-    lines.append(
-        f"| durable, {steps_long} steps: median step ÷ raw floor measured next to the run | "
-        + " | ".join(summary(c, 1, 2) for c in cells)
-        + f" | {ratio(cells[1], cells[0])} | {ratio(cells[2], cells[0])} |"
-    )
+    floor_row(f"durable, {steps_long} steps: median step", steps_long, "median_step_ms")
     row("in memory, 100 steps: ms per step", "run", "ms_per_step", 1, 3, steps=100, store="memory")
     row(f"in memory, {steps_long} steps: ms per step", "run", "ms_per_step", 1, 3, steps=steps_long, store="memory")
     row(f"durable: {runs} concurrent 100-step runs, steps/s", "concurrent", "steps_per_s", 1, 0, True, store="file")
