@@ -383,22 +383,13 @@ async fn an_unfinished_dispatch_is_attempted_again_under_the_same_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gates.redb");
     let (run_id, first_key) = {
-        let hold = Arc::new(tokio::sync::Semaphore::new(0));
-        let host = dispatching();
-        let gate_host = GateHost::holding(Arc::clone(&host), hold);
-        let store = Store::open(&path, Default::default()).unwrap();
-        let built = build_gated(
-            plans_spec("acme", never(), never()),
-            gate_host.clone(),
-            store.clone(),
-            Options::default(),
-        );
-        let mut stream = built.runtime.query(&prompt(), "t1", None).unwrap();
-        let run_id = stream.run_id().to_owned();
-        let reader = tokio::spawn(async move { collect(&mut stream).await });
-        // The dispatcher has been entered (DispatchStarted is durable) and never returns:
-        // closing the runtime now is a crash inside the side effect.
-        gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+        let HeldDispatch {
+            built,
+            run_id,
+            host,
+            reader,
+        } = run_to_a_held_dispatch(Store::open(&path, Default::default()).unwrap()).await;
+        // Closing the runtime now is a crash inside the side effect.
         built.runtime.close().unwrap();
         let _ = reader.await;
         let started = records_of(&built.runtime, &run_id, "DispatchStarted");
@@ -461,6 +452,38 @@ async fn an_unfinished_dispatch_is_attempted_again_under_the_same_key() {
         RunStatus::Completed
     );
     built.runtime.verify(&run_id).await.unwrap();
+}
+
+/// A run whose plan dispatch was entered (its DispatchStarted is durable) and is held
+/// there for good, with what drives it.
+struct HeldDispatch {
+    built: Gated,
+    run_id: String,
+    /// The dispatcher behind the hold: it counts the dispatches that really ran.
+    host: Arc<TestHost>,
+    reader: tokio::task::JoinHandle<Vec<Value>>,
+}
+
+/// Starts the plans flow on `store` and returns once its dispatch is held.
+async fn run_to_a_held_dispatch(store: Store) -> HeldDispatch {
+    let host = dispatching();
+    let gate_host = GateHost::holding(Arc::clone(&host), Arc::new(tokio::sync::Semaphore::new(0)));
+    let built = build_gated(
+        plans_spec("acme", never(), never()),
+        gate_host.clone(),
+        store,
+        Options::default(),
+    );
+    let mut stream = built.runtime.query(&prompt(), "t1", None).unwrap();
+    let run_id = stream.run_id().to_owned();
+    let reader = tokio::spawn(async move { collect(&mut stream).await });
+    gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+    HeldDispatch {
+        built,
+        run_id,
+        host,
+        reader,
+    }
 }
 
 /// Opens `path` with a spec whose plan and tool floors are given.
@@ -881,19 +904,12 @@ async fn a_cancel_acknowledged_during_a_side_effect_survives_its_driver() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gates.redb");
     let store = Store::open(&path, Default::default()).unwrap();
-    let hold = Arc::new(tokio::sync::Semaphore::new(0));
-    let host = dispatching();
-    let gate_host = GateHost::holding(Arc::clone(&host), hold);
-    let driving = build_gated(
-        plans_spec("acme", never(), never()),
-        gate_host.clone(),
-        store.clone(),
-        Options::default(),
-    );
-    let mut stream = driving.runtime.query(&prompt(), "t1", None).unwrap();
-    let run_id = stream.run_id().to_owned();
-    let reader = tokio::spawn(async move { collect(&mut stream).await });
-    gate_host.dispatch_waiting.acquire().await.unwrap().forget();
+    let HeldDispatch {
+        built: driving,
+        run_id,
+        host,
+        reader,
+    } = run_to_a_held_dispatch(store.clone()).await;
     let other = build_gated(
         plans_spec("acme", never(), never()),
         GateHost::new(Arc::clone(&host)),
